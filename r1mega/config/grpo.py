@@ -1,0 +1,1 @@
+"""GRPO objective configuration (filled in by the algorithms work)."""

@@ -1,0 +1,53 @@
+"""Parallel layout of the Megatron-Core trainer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .base import ConfigError, check, check_choice, doc
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = doc(1, "Tensor-parallel size (TP).")
+    pipeline_parallel: int = doc(1, "Pipeline-parallel size (PP).")
+    virtual_pipeline: Optional[int] = doc(None, "Virtual pipeline stages per rank for the interleaved schedule (None = plain 1F1B).")
+    expert_parallel: int = doc(1, "Expert-parallel size (EP); experts are split across EP ranks.")
+    expert_tensor_parallel: Optional[int] = doc(None, "Tensor-parallel size inside experts (ETP; None = same as TP).")
+    context_parallel: int = doc(1, "Context-parallel size (CP).")
+    data_parallel: Optional[int] = doc(None, "Data-parallel size; None = derived as world / (TP*PP*CP). If set, must match.")
+    sequence_parallel: bool = doc(False, "Sequence parallelism with TP (required by Megatron for MoE when TP>1).")
+    moe_token_dispatcher: str = doc("alltoall", "MoE token dispatcher: 'alltoall' or 'allgather'.")
+    distributed_optimizer: bool = doc(True, "Shard optimizer state across data-parallel ranks (ZeRO-1 style).")
+    overlap_grad_reduce: bool = doc(False, "Overlap the DP gradient reduce with backward (GPU).")
+
+    @property
+    def model_parallel(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
+
+    def resolved_dp(self, world_size: int) -> int:
+        return world_size // self.model_parallel
+
+    def validate(self, world_size: Optional[int] = None, where: str = "parallel") -> None:
+        for name in ("tensor_parallel", "pipeline_parallel", "expert_parallel", "context_parallel"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and v >= 1, f"{where}.{name}", f"got {v!r}, expected an integer >= 1")
+        check_choice(self.moe_token_dispatcher, ("alltoall", "allgather"), f"{where}.moe_token_dispatcher")
+        if self.virtual_pipeline is not None:
+            check(self.pipeline_parallel > 1 and self.virtual_pipeline >= 1, f"{where}.virtual_pipeline",
+                  "needs pipeline_parallel > 1 and a value >= 1")
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            raise ConfigError(f"{where}.sequence_parallel", "needs tensor_parallel > 1")
+        if world_size is None:
+            return
+        mp = self.model_parallel
+        check(world_size % mp == 0, f"{where}", f"world size {world_size} is not divisible by TP*PP*CP = "
+              f"{self.tensor_parallel}*{self.pipeline_parallel}*{self.context_parallel} = {mp}")
+        dp = world_size // mp
+        if self.data_parallel is not None:
+            check(self.data_parallel == dp, f"{where}.data_parallel",
+                  f"world size {world_size} != TP*PP*CP*DP = {mp}*{self.data_parallel} = {mp * self.data_parallel}")
+        etp = self.expert_tensor_parallel or self.tensor_parallel
+        expert_mp = etp * self.expert_parallel * self.pipeline_parallel
+        check(world_size % expert_mp == 0, f"{where}.expert_parallel",
+              f"world size {world_size} is not divisible by ETP*EP*PP = {etp}*{self.expert_parallel}*{self.pipeline_parallel}")

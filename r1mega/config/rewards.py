@@ -1,0 +1,1 @@
+"""Reward configuration (filled in by the rewards work)."""
