@@ -1,0 +1,29 @@
+"""Platform layer: the only place that knows whether we run on CUDA or on the CPU.
+
+``init()`` is called once before any Megatron model is built; on a CPU-only machine it applies
+the Megatron-on-CPU compatibility layer (``megatron_cpu.py``). Nothing outside this package
+branches on CPU vs GPU.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+from .device import (default_dtype_name, device, dist_backend, empty_cache, has_cuda,  # noqa: F401
+                     have_transformer_engine, megatron_config_overrides, memory_allocated_gb, synchronize)
+
+_initialised = False
+
+
+def init() -> None:
+    """Prepare this process for Megatron-Core (idempotent)."""
+    global _initialised
+    if _initialised:
+        return
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+    if not has_cuda():
+        from . import megatron_cpu
+
+        megatron_cpu.apply()
+    _initialised = True

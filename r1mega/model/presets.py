@@ -1,0 +1,93 @@
+"""Model presets with the exact public shapes (from each model's published config.json).
+
+``tiny`` is sized for a 2-core CPU and obeys vLLM-CPU's limits so it can be served too:
+attention head sizes from {32, 64, 80, 96, 112, 128, ...} and, for MLA,
+``kv_lora_rank + qk_rope_head_dim == 576`` (see ../shared/notes/platform.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from r1mega.config.base import ConfigError
+from r1mega.config.model import ModelConfig
+
+_YARN_V3 = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+            "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+_YARN_V2 = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+            "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
+
+PRESETS: dict[str, dict] = {
+    # DeepSeek-V3 / R1: 671B total, ~37B activated.
+    "deepseek-v3": dict(
+        vocab_size=129280, hidden_size=7168, num_layers=61, intermediate_size=18432,
+        num_attention_heads=128, max_position_embeddings=163840, rms_norm_eps=1e-6,
+        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+        rope_theta=10000.0, rope_scaling=_YARN_V3,
+        first_k_dense_replace=3, n_routed_experts=256, n_shared_experts=1, moe_intermediate_size=2048,
+        num_experts_per_tok=8, scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
+        n_group=8, topk_group=4, expert_bias=True, seq_aux_loss_coeff=1e-4,
+        num_nextn_predict_layers=1, params_dtype="bfloat16"),
+    # DeepSeek-V2-Lite: 15.7B total, ~2.4B activated (softmax router, no q LoRA, no MTP).
+    "deepseek-v2-lite": dict(
+        vocab_size=102400, hidden_size=2048, num_layers=27, intermediate_size=10944,
+        num_attention_heads=16, max_position_embeddings=163840, rms_norm_eps=1e-6,
+        q_lora_rank=None, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+        rope_theta=10000.0, rope_scaling=_YARN_V2,
+        first_k_dense_replace=1, n_routed_experts=64, n_shared_experts=2, moe_intermediate_size=1408,
+        num_experts_per_tok=6, scoring_func="softmax", norm_topk_prob=False, routed_scaling_factor=1.0,
+        n_group=1, topk_group=1, expert_bias=False, seq_aux_loss_coeff=1e-3,
+        num_nextn_predict_layers=0, params_dtype="bfloat16"),
+    # Moonlight-16B-A3B: DeepSeek-V3 architecture at 16B scale (sigmoid router + expert bias).
+    "moonlight-16b": dict(
+        vocab_size=163840, hidden_size=2048, num_layers=27, intermediate_size=11264,
+        num_attention_heads=16, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        q_lora_rank=None, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+        rope_theta=50000.0, rope_scaling=None,
+        first_k_dense_replace=1, n_routed_experts=64, n_shared_experts=2, moe_intermediate_size=1408,
+        num_experts_per_tok=6, scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.446,
+        n_group=1, topk_group=1, expert_bias=True, seq_aux_loss_coeff=1e-3,
+        num_nextn_predict_layers=0, params_dtype="bfloat16"),
+    # CPU-sized DeepSeek-V3 shape: MLA with q LoRA, 1 dense + 3 MoE layers, group-limited
+    # sigmoid routing with expert bias, MTP 1. ~2.4M parameters (+0.5M MTP).
+    "tiny": dict(
+        vocab_size=512, hidden_size=128, num_layers=4, intermediate_size=384,
+        num_attention_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-6,
+        q_lora_rank=64, kv_lora_rank=512, qk_nope_head_dim=32, qk_rope_head_dim=64, v_head_dim=32,
+        rope_theta=10000.0, rope_scaling=None,
+        first_k_dense_replace=1, n_routed_experts=8, n_shared_experts=1, moe_intermediate_size=96,
+        num_experts_per_tok=2, scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
+        n_group=2, topk_group=1, expert_bias=True, seq_aux_loss_coeff=1e-4,
+        num_nextn_predict_layers=1, params_dtype="float32"),
+    # Small dense student for distillation (Qwen2/Llama-like GQA + SwiGLU).
+    "tiny-dense": dict(
+        arch="dense", vocab_size=512, hidden_size=128, num_layers=4, intermediate_size=384,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+        rms_norm_eps=1e-6, rope_theta=10000.0, n_routed_experts=0, first_k_dense_replace=4,
+        num_nextn_predict_layers=0, params_dtype="float32"),
+}
+
+# Published totals used by tests and `model info` (parameters, excluding MTP).
+PUBLISHED = {
+    "deepseek-v3": {"total": 671e9, "activated": 37e9},
+    "deepseek-v2-lite": {"total": 15.7e9, "activated": 2.4e9},
+    "moonlight-16b": {"total": 16e9, "activated": 3e9},
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """The ModelConfig of a preset, with field overrides applied on top."""
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError("model.preset", f"unknown preset {name!r} (known: {', '.join(preset_names())}){hint}")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ConfigError("model", f"unknown field(s) {bad} for preset {name!r}")
+    return ModelConfig(preset=name, **{**PRESETS[name], **overrides})

@@ -1,0 +1,75 @@
+"""Which accelerator this process runs on, decided once.
+
+Everything outside ``r1mega/platform/`` asks this module (or receives a device from it) instead
+of branching on CUDA itself.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def has_cuda() -> bool:
+    """True when CUDA is usable. ``R1MEGA_FORCE_CPU=1`` forces the CPU path (tests, debugging)."""
+    if os.environ.get("R1MEGA_FORCE_CPU") == "1":
+        return False
+    return torch.cuda.is_available()
+
+
+def device() -> torch.device:
+    """The device of this rank's model shard."""
+    if has_cuda():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def dist_backend() -> str:
+    """torch.distributed backend: nccl on GPU, gloo on CPU."""
+    return "nccl" if has_cuda() else "gloo"
+
+
+@functools.lru_cache(maxsize=None)
+def have_transformer_engine() -> bool:
+    """Transformer Engine is importable *and* usable (it needs CUDA). Never true on CPU."""
+    if not has_cuda():
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # TE raises various errors without a driver / matching CUDA
+        return False
+    return True
+
+
+def default_dtype_name() -> str:
+    """Parameter dtype a config gets when it does not say: bf16 on GPU, fp32 on CPU
+    (bf16 is slower than fp32 on CPU, and parity tests compare in fp32)."""
+    return "bfloat16" if has_cuda() else "float32"
+
+
+def synchronize() -> None:
+    if has_cuda():
+        torch.cuda.synchronize()
+
+
+def empty_cache() -> None:
+    if has_cuda():
+        torch.cuda.empty_cache()
+
+
+def memory_allocated_gb() -> float:
+    if has_cuda():
+        return torch.cuda.memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def megatron_config_overrides() -> dict:
+    """TransformerConfig fields that differ between CPU and GPU."""
+    if has_cuda():
+        return {}
+    # Initialise weights on the CPU RNG (the CUDA-init path calls into CUDA kernels).
+    return {"use_cpu_initialization": True}

@@ -1,0 +1,106 @@
+"""torch.distributed and Megatron parallel_state set-up, the same under torchrun, srun and plain python.
+
+* torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+* ``srun`` (one task per GPU, no torchrun) sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the
+  sbatch scripts export MASTER_ADDR / MASTER_PORT; we map the Slurm variables onto the torch ones.
+* plain ``python`` is a world of one on a free local port.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .device import dist_backend, has_cuda
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env_from_slurm() -> None:
+    env = os.environ
+    if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+        return
+    # Under `srun torchrun ...` torchrun sets RANK itself; here srun started us directly.
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_ADDR", env.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"))
+    env.setdefault("MASTER_PORT", "29500")
+
+
+def dist_info() -> DistInfo:
+    _env_from_slurm()
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(timeout_minutes: int = 30) -> DistInfo:
+    """Initialise the default process group (idempotent). nccl on GPU, gloo on CPU, env://."""
+    info = dist_info()
+    if dist.is_initialized():
+        return info
+    if info.world_size == 1:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+    if has_cuda():
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=dist_backend(), init_method="env://", rank=info.rank,
+                            world_size=info.world_size, timeout=timedelta(minutes=timeout_minutes))
+    return info
+
+
+def init_model_parallel(parallel, seed: int = 1234) -> None:
+    """Initialise Megatron's parallel_state for a :class:`r1mega.config.parallel.ParallelConfig`,
+    then seed the model-parallel RNG tracker. Calls :func:`r1mega.platform.init` first."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    from . import init as _platform_init
+
+    _platform_init()
+    info = init_distributed()
+    parallel.validate(info.world_size)
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor_parallel,
+        pipeline_model_parallel_size=parallel.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline,
+        context_parallel_size=parallel.context_parallel,
+        expert_model_parallel_size=parallel.expert_parallel,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel,
+        create_gloo_process_groups=not has_cuda(),
+    )
+    model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed)
+
+
+def destroy() -> None:
+    """Tear down Megatron groups and the default process group (tests, end of run)."""
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
