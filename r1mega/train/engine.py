@@ -1,0 +1,231 @@
+"""The Megatron-Core training engine every stage calls: optimizer steps and log-prob passes.
+
+One :class:`TrainEngine` per model (policy, reference, student...). It owns this rank's model
+chunks wrapped in Megatron ``DistributedDataParallel``, the Megatron optimizer (distributed
+optimizer option, grad clipping) and the LR schedule, and runs Megatron's
+``get_forward_backward_func`` schedule (no pipelining / 1F1B / interleaved 1F1B).
+
+Batches are dicts of tensors whose first dimension is the sequence index *on this
+data-parallel rank* (see :func:`r1mega.train.batching.dp_shard`): ``tokens [B,S]``,
+``labels [B,S]`` (the token each position predicts), ``loss_mask [B,S]``, plus whatever the loss
+reads. A loss is ``loss_fn(logprobs [b,S], microbatch) -> (loss, metrics)``; it must normalise
+with the injected ``global_num_seqs`` / ``global_num_tokens`` so that the *sum* of its returns
+over all microbatches and data-parallel ranks is the global-batch loss. The engine undoes
+Megatron's own averaging (1/num_microbatches in the schedule, 1/DP in DDP) to honour that.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from r1mega.config.model import ModelConfig
+from r1mega.config.optimizer import OptimizerConfig
+from r1mega.config.parallel import ParallelConfig
+from r1mega.model.builder import build_model
+from r1mega.platform.distributed import init_model_parallel
+from r1mega.train.batching import microbatches, pad_batch
+from r1mega.train.logprobs import vocab_parallel_logprobs
+from r1mega.train.metrics import reduce_metrics
+
+LossFn = Callable[[torch.Tensor, dict], tuple]
+
+
+@dataclass
+class StepStats:
+    metrics: dict
+    grad_norm: float
+    lr: float
+    skipped: bool
+
+
+class TrainEngine:
+    def __init__(self, model: ModelConfig, parallel: ParallelConfig, optim: Optional[OptimizerConfig] = None, *,
+                 seed: int = 1234, mtp: Optional[bool] = None, total_steps: Optional[int] = None):
+        """``optim=None`` builds a frozen, forward-only model (reference policy, teacher).
+        ``mtp=False`` drops the MTP layers (RL and log-prob passes); the default follows the config."""
+        from megatron.core.utils import get_model_config
+
+        init_model_parallel(parallel, seed)
+        self.model_cfg, self.parallel, self.optim_cfg = model, parallel, optim
+        self.mtp = bool(model.num_nextn_predict_layers) if mtp is None else mtp
+        chunks = build_model(model, parallel, mtp=self.mtp)
+        self.config = get_model_config(chunks[0])
+        self.optimizer = self.scheduler = None
+        if optim is None:
+            for c in chunks:
+                c.eval()
+                c.requires_grad_(False)
+            self.chunks = chunks
+        else:
+            self.chunks = self._wrap_ddp(chunks)
+            self.optimizer, self.scheduler = self._build_optimizer(optim, total_steps)
+        self.step = 0
+
+    # ----------------------------------------------------------------- set-up
+    def _wrap_ddp(self, chunks):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+
+        ddp_cfg = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=self.parallel.overlap_grad_reduce,
+            use_distributed_optimizer=self.parallel.distributed_optimizer)
+        wrapped = [DistributedDataParallel(self.config, ddp_cfg, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
+        # finalize_model_grads all-reduces DP grads, SP-norm and embedding grads, and updates the
+        # aux-loss-free expert bias from the token counts of this step.
+        self.config.finalize_model_grads_func = finalize_model_grads
+        if self.parallel.overlap_grad_reduce:
+            self.config.no_sync_func = [w.no_sync for w in wrapped]
+            if len(wrapped) == 1:
+                self.config.no_sync_func = self.config.no_sync_func[0]
+        return wrapped
+
+    def _build_optimizer(self, o: OptimizerConfig, total_steps: Optional[int]):
+        from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        mcfg = MegatronOptimizerConfig(
+            optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
+            bf16=self.config.bf16, fp16=self.config.fp16, params_dtype=self.config.params_dtype,
+            use_distributed_optimizer=self.parallel.distributed_optimizer)
+        optimizer = get_megatron_optimizer(mcfg, self.chunks)
+        steps = max(1, o.total_steps or total_steps or 1)
+        warmup = min(o.warmup_steps, steps - 1) if steps > 1 else 0
+        scheduler = OptimizerParamScheduler(
+            optimizer, init_lr=0.0 if warmup else o.lr, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=warmup,
+            lr_decay_steps=steps, lr_decay_style=o.decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
+            wd_incr_steps=steps, wd_incr_style="constant")
+        return optimizer, scheduler
+
+    # ----------------------------------------------------------- parallel info
+    @staticmethod
+    def dp_rank_size() -> tuple[int, int]:
+        from megatron.core import parallel_state as ps
+
+        return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+
+    @staticmethod
+    def _is_last_stage() -> bool:
+        from megatron.core import parallel_state as ps
+
+        return ps.is_pipeline_last_stage(ignore_virtual=True)
+
+    def _seq_multiple(self) -> int:
+        p = self.parallel
+        return (p.tensor_parallel if p.sequence_parallel else 1) * (2 * p.context_parallel if p.context_parallel > 1 else 1)
+
+    # ------------------------------------------------------------ forward step
+    def _forward_step(self, loss_wrapper, data_iterator, model):
+        mb = next(data_iterator)
+        tokens = mb["tokens"]
+        pos = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
+        if self.mtp:  # MTP needs labels: the model returns per-token CE and hooks in the MTP loss
+            out = model(tokens, pos, None, labels=mb["labels"])
+        else:
+            out = model(tokens, pos, None)
+        return out, functools.partial(loss_wrapper, mb)
+
+    def _token_logprobs(self, output, mb, temperature: float, with_entropy: bool):
+        if self.mtp:
+            if temperature != 1.0 or with_entropy:
+                raise ValueError("log-probs with temperature/entropy need a model built with mtp=False")
+            return -output.float(), None
+        return vocab_parallel_logprobs(output, mb["labels"], self.model_cfg.vocab_size, temperature, with_entropy)
+
+    def _run(self, batch: dict, loss_wrapper, forward_only: bool) -> list:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        mbs = self.optim_cfg.micro_batch_size if self.optim_cfg else batch["tokens"].size(0)
+        mbs = min(mbs, batch["tokens"].size(0))
+        batch = pad_batch(batch, rows_multiple=mbs, seq_multiple=self._seq_multiple())
+        mb_list = microbatches(batch, mbs)
+        iters = [iter(mb_list) for _ in self.chunks]
+        return get_forward_backward_func()(
+            forward_step_func=functools.partial(self._forward_step, loss_wrapper),
+            data_iterator=iters if len(iters) > 1 else iters[0], model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
+            num_microbatches=len(mb_list), seq_length=batch["tokens"].size(1), micro_batch_size=mbs,
+            forward_only=forward_only), len(mb_list)
+
+    def _global_counts(self, batch: dict) -> dict:
+        from megatron.core import parallel_state as ps
+
+        counts = torch.tensor([float(batch["tokens"].size(0)), float(batch["loss_mask"].sum())])
+        if ps.get_data_parallel_world_size() > 1:
+            dist.all_reduce(counts, group=ps.get_data_parallel_group())
+        return {"global_num_seqs": counts[0], "global_num_tokens": counts[1]}
+
+    # --------------------------------------------------------------- public
+    def train_step(self, batch: dict, loss_fn: LossFn, temperature: float = 1.0, with_entropy: bool = False) -> StepStats:
+        """One optimizer step on this DP rank's ``batch`` (all its microbatches)."""
+        from megatron.core import parallel_state as ps
+
+        assert self.optimizer is not None, "train_step on a frozen engine (built with optim=None)"
+        for c in self.chunks:
+            c.train()
+            c.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        batch = {**batch, **self._global_counts(batch)}
+        n_micro = self._num_microbatches(batch)
+        dp = ps.get_data_parallel_world_size()
+
+        def loss_wrapper(mb, output):
+            logprobs, entropy = self._token_logprobs(output, mb, temperature, with_entropy)
+            if entropy is not None:
+                mb = {**mb, "entropy": entropy.detach()}
+            loss, metrics = loss_fn(logprobs, mb)
+            cp = self.parallel.context_parallel
+            return loss * (n_micro * dp / cp), metrics
+
+        stores, _ = self._run(batch, loss_wrapper, forward_only=False)
+        ok, grad_norm, _ = self.optimizer.step()
+        if ok:
+            self.scheduler.step(increment=1)
+        self.step += 1
+        metrics = reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        return StepStats(metrics, float(grad_norm or 0.0), float(lr), not ok)
+
+    def _num_microbatches(self, batch: dict) -> int:
+        mbs = min(self.optim_cfg.micro_batch_size, batch["tokens"].size(0))
+        return -(-batch["tokens"].size(0) // mbs)
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict, loss_fn: LossFn) -> dict:
+        """Forward-only loss and metrics of ``batch`` (same normalisation as training)."""
+        for c in self.chunks:
+            c.eval()
+        batch = {**batch, **self._global_counts(batch)}
+
+        def loss_wrapper(mb, output):
+            logprobs, _ = self._token_logprobs(output, mb, 1.0, False)
+            loss, metrics = loss_fn(logprobs, mb)
+            return loss, {**metrics, "loss": loss.detach().reshape(1)}
+
+        stores, _ = self._run(batch, loss_wrapper, forward_only=True)
+        return reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
+
+    @torch.no_grad()
+    def logprobs(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+        """Per-token log-probs ``[B,S]`` of ``batch['labels']`` (and entropy if asked), on every rank."""
+        from megatron.core import parallel_state as ps
+
+        for c in self.chunks:
+            c.eval()
+        B, S = batch["tokens"].shape
+
+        def keep(mb, output):
+            lp, ent = self._token_logprobs(output, mb, temperature, with_entropy)
+            out = torch.stack([lp, ent if ent is not None else torch.zeros_like(lp)])
+            return torch.zeros((), device=lp.device), {"_out": out}
+
+        stores, _ = self._run(batch, keep, forward_only=True)
+        if self._is_last_stage():
+            out = torch.cat([s["_out"] for s in stores], dim=1)[:, :B, :S].contiguous()
+        else:
+            out = torch.empty(2, B, S)
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            dist.broadcast(out, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
+        return (out[0], out[1]) if with_entropy else out[0]

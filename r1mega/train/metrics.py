@@ -1,0 +1,30 @@
+"""Step metrics across microbatches, data-parallel ranks and pipeline stages.
+
+The per-microbatch convention (suffix decides SUM of (sum, count) pairs, MAX or MIN) is the one of
+:mod:`r1mega.algorithms.metrics`; this module adds the distributed plumbing: combine on the last
+pipeline stage over the DP group, then broadcast the finished numbers to every stage.
+"""
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from r1mega.algorithms.metrics import accumulate_metrics, all_reduce_metrics, finalize_metrics
+
+
+def reduce_metrics(stores: list[dict], src_last_stage: bool = True) -> dict[str, float]:
+    """``stores``: the metric dicts of this rank's microbatches (empty off the last stage)."""
+    from megatron.core import parallel_state as ps
+
+    out: dict[str, float] = {}
+    if stores:
+        acc: dict = {}
+        for m in stores:
+            accumulate_metrics(acc, {k: v.detach().float().reshape(-1) for k, v in m.items() if not k.startswith("_")})
+        group = ps.get_data_parallel_group() if ps.get_data_parallel_world_size() > 1 else None
+        out = finalize_metrics(all_reduce_metrics(acc, group))
+    if src_last_stage and ps.get_pipeline_model_parallel_world_size() > 1:
+        box = [out]
+        dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
+                                   group=ps.get_pipeline_model_parallel_group())
+        out = box[0]
+    return out
