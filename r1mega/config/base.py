@@ -16,6 +16,7 @@ class ConfigError(ValueError):
 
     def __init__(self, where: str, message: str):
         self.where = where
+        self.message = message
         super().__init__(f"{where}: {message}" if where else message)
 
 
@@ -52,3 +53,11 @@ def check_positive(value: Any, where: str, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         raise ConfigError(where, f"got {value!r}, expected a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def check_int(value: Any, where: str, minimum: int = 1, allow_none: bool = False) -> None:
+    """An integer (not a bool) >= minimum; None passes when allow_none."""
+    if value is None and allow_none:
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        raise ConfigError(where, f"got {value!r}, expected {'None or ' if allow_none else ''}an integer >= {minimum}")

@@ -60,6 +60,20 @@ class ModelConfig:
     fp8_bf16_first_layers: int = doc(1, "Keep this many first layers in BF16 under FP8.")
     fp8_bf16_last_layers: int = doc(1, "Keep this many last layers in BF16 under FP8.")
 
+    @classmethod
+    def from_preset(cls, name: str, where: str = "model.preset") -> "ModelConfig":
+        """The preset's ModelConfig (r1mega.model.presets); config keys given beside it apply on top."""
+        try:
+            from r1mega.model.presets import get_preset
+        except ImportError as e:
+            raise ConfigError(where, f"cannot load preset {name!r}: model presets are unavailable ({e})") from None
+        try:
+            return get_preset(name)
+        except ConfigError as e:
+            raise ConfigError(where, e.message) from None
+        except (KeyError, ValueError) as e:
+            raise ConfigError(where, f"unknown preset {name!r} ({e})") from None
+
     @property
     def is_moe(self) -> bool:
         return self.arch == "deepseek_v3" and self.n_routed_experts > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .base import ConfigError, check, check_choice, doc
+from .base import ConfigError, check, check_choice, check_int, doc
 
 
 @dataclass
@@ -32,6 +32,8 @@ class ParallelConfig:
         for name in ("tensor_parallel", "pipeline_parallel", "expert_parallel", "context_parallel"):
             v = getattr(self, name)
             check(isinstance(v, int) and v >= 1, f"{where}.{name}", f"got {v!r}, expected an integer >= 1")
+        check_int(self.data_parallel, f"{where}.data_parallel", allow_none=True)
+        check_int(self.expert_tensor_parallel, f"{where}.expert_tensor_parallel", allow_none=True)
         check_choice(self.moe_token_dispatcher, ("alltoall", "allgather"), f"{where}.moe_token_dispatcher")
         if self.virtual_pipeline is not None:
             check(self.pipeline_parallel > 1 and self.virtual_pipeline >= 1, f"{where}.virtual_pipeline",
@@ -40,14 +42,14 @@ class ParallelConfig:
             raise ConfigError(f"{where}.sequence_parallel", "needs tensor_parallel > 1")
         if world_size is None:
             return
-        mp = self.model_parallel
-        check(world_size % mp == 0, f"{where}", f"world size {world_size} is not divisible by TP*PP*CP = "
-              f"{self.tensor_parallel}*{self.pipeline_parallel}*{self.context_parallel} = {mp}")
+        tp, pp, cp, mp = self.tensor_parallel, self.pipeline_parallel, self.context_parallel, self.model_parallel
+        check(world_size % mp == 0, f"{where}", f"world size {world_size} cannot be split as TP*PP*CP*DP: "
+              f"TP*PP*CP = {tp}*{pp}*{cp} = {mp} does not divide it")
         dp = world_size // mp
         if self.data_parallel is not None:
             check(self.data_parallel == dp, f"{where}.data_parallel",
-                  f"world size {world_size} != TP*PP*CP*DP = {mp}*{self.data_parallel} = {mp * self.data_parallel}")
-        etp = self.expert_tensor_parallel or self.tensor_parallel
-        expert_mp = etp * self.expert_parallel * self.pipeline_parallel
+                  f"world size {world_size} != TP*PP*CP*DP = {tp}*{pp}*{cp}*{self.data_parallel} = {mp * self.data_parallel}")
+        etp = self.expert_tensor_parallel or tp
+        expert_mp = etp * self.expert_parallel * pp
         check(world_size % expert_mp == 0, f"{where}.expert_parallel",
-              f"world size {world_size} is not divisible by ETP*EP*PP = {etp}*{self.expert_parallel}*{self.pipeline_parallel}")
+              f"world size {world_size} is not divisible by ETP*EP*PP = {etp}*{self.expert_parallel}*{pp} = {expert_mp}")

@@ -1,0 +1,118 @@
+"""Checks that span sections: the parallel layout against the model, batch sizes against data
+parallelism, the rollout engine against the model, and that every input file exists.
+
+All run from :meth:`RunConfig.validate`, once, before any heavy work.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from .base import ConfigError, check, check_choice
+from .stage import StageConfig, stage_ref
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageConfig] = None,
+                 earlier: Sequence[str] = ()) -> None:
+    """Validate one resolved config (the top level, or one stage's view of it)."""
+    check_choice(cfg.device, DEVICES, "device")
+    cfg.model.validate("model")
+    cfg.parallel.validate(world_size, "parallel")
+    for name in ("optimizer", "data", "rollout", "logging", "checkpoint", "grpo", "rewards"):
+        validate = getattr(getattr(cfg, name), "validate", None)
+        if callable(validate):
+            validate(name)
+    check_layout(cfg.model, cfg.parallel, cfg.data.seq_length, world_size)
+    check_batch(cfg.optimizer, cfg.parallel, world_size)
+    if stage is None or stage.generates:
+        check_rollout(cfg, world_size, rl=stage is not None and stage.kind == "grpo")
+    check_files(cfg, stage, earlier)
+
+
+def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None:
+    """What Megatron-Core needs of TP/PP/CP/EP given the model shape."""
+    tp, pp, ep = par.tensor_parallel, par.pipeline_parallel, par.expert_parallel
+    check(model.num_attention_heads % tp == 0, "parallel.tensor_parallel",
+          f"{tp} does not divide model.num_attention_heads={model.num_attention_heads} (each TP rank needs whole heads)")
+    if model.arch == "dense":
+        kv = model.num_key_value_heads or model.num_attention_heads
+        check(kv % tp == 0, "parallel.tensor_parallel", f"{tp} does not divide model.num_key_value_heads={kv}")
+    if model.is_moe:
+        check(model.n_routed_experts % ep == 0, "parallel.expert_parallel",
+              f"{ep} does not divide model.n_routed_experts={model.n_routed_experts} (each EP rank needs whole experts)")
+        check(tp == 1 or par.sequence_parallel, "parallel.sequence_parallel",
+              f"must be true for a MoE model with tensor_parallel={tp} (Megatron-Core refuses MoE + TP without sequence parallelism)")
+    else:
+        check(ep == 1, "parallel.expert_parallel", f"got {ep}, but the model has no routed experts; expected 1")
+    layers_per = pp * (par.virtual_pipeline or 1)
+    check(model.num_layers % layers_per == 0, "parallel.pipeline_parallel",
+          f"model.num_layers={model.num_layers} is not divisible by PP*VP={layers_per} (equal layers per pipeline stage)")
+    if par.context_parallel > 1:
+        check(seq_length % (2 * par.context_parallel) == 0, "parallel.context_parallel",
+              f"data.seq_length={seq_length} is not divisible by 2*CP={2 * par.context_parallel} (load-balanced CP chunks)")
+    if par.sequence_parallel:
+        check(seq_length % tp == 0, "parallel.sequence_parallel", f"data.seq_length={seq_length} is not divisible by tensor_parallel={tp}")
+    check(seq_length <= model.max_position_embeddings, "data.seq_length",
+          f"{seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
+
+
+def check_batch(opt, par, world_size: Optional[int]) -> None:
+    if world_size is None:
+        return
+    dp = par.resolved_dp(world_size)
+    step = opt.micro_batch_size * dp
+    check(opt.global_batch_size % step == 0, "optimizer.global_batch_size",
+          f"{opt.global_batch_size} is not a multiple of micro_batch_size*DP = {opt.micro_batch_size}*{dp} = {step}")
+
+
+def check_rollout(cfg, world_size: Optional[int], rl: bool) -> None:
+    ro, model = cfg.rollout, cfg.model
+    if ro.engine == "vllm":
+        rtp = ro.tensor_parallel
+        check(model.num_attention_heads % rtp == 0, "rollout.tensor_parallel",
+              f"{rtp} does not divide model.num_attention_heads={model.num_attention_heads}")
+        if model.arch == "dense":
+            kv = model.num_key_value_heads or model.num_attention_heads
+            check(kv % rtp == 0, "rollout.tensor_parallel", f"{rtp} does not divide model.num_key_value_heads={kv}")
+        if world_size is not None:
+            check(world_size % rtp == 0, "rollout.tensor_parallel",
+                  f"{rtp} does not divide the world size {world_size} (vLLM runs colocated on the training ranks)")
+    max_len = ro.max_model_len or cfg.data.seq_length
+    check(ro.max_new_tokens < max_len, "rollout.max_new_tokens",
+          f"{ro.max_new_tokens} leaves no room for the prompt within {max_len} tokens (rollout.max_model_len or data.seq_length)")
+    grpo_temp = getattr(cfg.grpo, "temperature", None)
+    if rl and grpo_temp is not None:
+        check(ro.temperature == grpo_temp, "rollout.temperature",
+              f"{ro.temperature} differs from grpo.temperature={grpo_temp}; GRPO log-probs must use the sampling temperature")
+
+
+def check_files(cfg, stage: Optional[StageConfig], earlier: Sequence[str]) -> None:
+    """Every input path exists (relative to the working directory); 'stage:NAME/...' must name an earlier stage."""
+    names = cfg.pipeline.names()
+    data = cfg.data
+    if data.tokenizer_path is not None:
+        _check_path(data.tokenizer_path, "data.tokenizer_path", earlier, names)
+    for field in ("train_paths", "eval_paths"):
+        for i, path in enumerate(getattr(data, field)):
+            _check_path(path, f"data.{field}[{i}]", earlier, names)
+    if stage is not None and stage.init_from is not None:
+        ref = stage_ref(stage.init_from)
+        name = ref[0] if ref else stage.init_from
+        if name in earlier:
+            return
+        if ref or name in names:
+            raise ConfigError("init_from", f"stage {name!r} does not run before this one"
+                              + (f"; earlier stages: {', '.join(earlier)}" if earlier else ""))
+        check(os.path.exists(stage.init_from), "init_from",
+              f"checkpoint not found: {stage.init_from!r} (neither a path nor an earlier stage)")
+
+
+def _check_path(path: str, where: str, earlier: Sequence[str], names: Sequence[str]) -> None:
+    ref = stage_ref(path)
+    if ref is None:
+        check(os.path.exists(path), where, f"file not found: {path!r}")
+    elif ref[0] not in earlier:
+        raise ConfigError(where, f"{path!r} refers to stage {ref[0]!r}, which "
+                          + ("does not run before this one" if ref[0] in names else "is not in the pipeline"))

@@ -1,0 +1,37 @@
+"""Datasets and tokenizer.
+
+Paths are relative to the working directory. A path written ``stage:NAME/rest`` refers to the
+output directory of the earlier pipeline stage NAME (e.g. the samples a rejection-sampling stage
+wrote); it is checked against the stage order instead of the file system.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .base import check, check_int, doc
+
+
+@dataclass
+class DataConfig:
+    tokenizer_path: Optional[str] = doc(None, "Tokenizer: a tokenizer.json file or a Hugging Face tokenizer directory (None = the built-in default).")
+    train_paths: list[str] = doc([], "Training data files (.jsonl/.parquet) or directories; 'stage:NAME/file' = an earlier stage's output.")
+    eval_paths: list[str] = doc([], "Held-out evaluation data files or directories (same forms as train_paths).")
+    tasks: list[str] = doc([], "Built-in synthetic tasks to draw prompts from (see r1mega.data.tasks), used besides/instead of paths.")
+    seq_length: int = doc(512, "Tokens per training sequence (prompt + response for RL/SFT).")
+    split: list[float] = doc([98.0, 2.0, 0.0], "Train/valid/test weights for splitting train_paths (Megatron-style, normalised).")
+    shuffle: bool = doc(True, "Shuffle training samples each epoch.")
+    max_samples: Optional[int] = doc(None, "Use at most this many training samples (None = all; for debugging).")
+    num_workers: int = doc(0, "DataLoader worker processes (0 = load in the main process).")
+    seed: int = doc(1234, "Seed for shuffling, splitting and synthetic task generation.")
+
+    def validate(self, where: str = "data") -> None:
+        check_int(self.seq_length, f"{where}.seq_length")
+        check(len(self.split) == 3 and all(w >= 0 for w in self.split) and self.split[0] > 0, f"{where}.split",
+              f"got {self.split!r}, expected three non-negative weights [train, valid, test] with train > 0")
+        check_int(self.max_samples, f"{where}.max_samples", allow_none=True)
+        check_int(self.num_workers, f"{where}.num_workers", minimum=0)
+        check_int(self.seed, f"{where}.seed", minimum=0)
+        for name in ("train_paths", "eval_paths", "tasks"):
+            for i, item in enumerate(getattr(self, name)):
+                check(isinstance(item, str) and item.strip() != "", f"{where}.{name}[{i}]", f"got {item!r}, expected a non-empty string")

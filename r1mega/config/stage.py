@@ -1,0 +1,54 @@
+"""One stage of the R1 pipeline (pretrain, R1-Zero, cold-start SFT, reasoning RL, ...)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from .base import check, check_choice, check_int, doc
+
+KINDS = ("pretrain", "sft", "grpo", "rejection_sampling", "reward_model", "distill", "eval")
+TRAINING_KINDS = ("pretrain", "sft", "grpo", "reward_model", "distill")
+GENERATING_KINDS = ("grpo", "rejection_sampling", "eval")
+STAGE_REF = "stage:"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def stage_ref(path: Optional[str]) -> Optional[tuple[str, str]]:
+    """'stage:NAME/rest' -> (NAME, rest); None for ordinary paths."""
+    if not isinstance(path, str) or not path.startswith(STAGE_REF):
+        return None
+    name, _, rest = path[len(STAGE_REF):].partition("/")
+    return name, rest
+
+
+@dataclass
+class StageConfig:
+    name: str = doc("", "Stage name: unique in the pipeline, used for its output directory and in 'stage:NAME' references.")
+    kind: str = doc("", "What the stage does: pretrain, sft, grpo, rejection_sampling, reward_model, distill or eval.")
+    init_from: Optional[str] = doc(None, "Initial weights: an earlier stage's name, a checkpoint directory, or None (random init).")
+    steps: Optional[int] = doc(None, "Optimizer steps (required for training kinds; None = one pass over the data for rejection_sampling/eval).")
+    output_dir: Optional[str] = doc(None, "Where checkpoints, metrics and outputs go (None = <run dir>/<name>).")
+    save_interval: Optional[int] = doc(None, "Checkpoint every N steps (None = checkpoint.save_interval).")
+    keep_last: Optional[int] = doc(None, "Keep the newest N checkpoints (None = checkpoint.keep_last).")
+    overrides: dict = doc({}, "Config sections changed for this stage only, e.g. {optimizer: {lr: 1e-5}}; a model.preset here starts the model afresh.")
+
+    @property
+    def is_training(self) -> bool:
+        return self.kind in TRAINING_KINDS
+
+    @property
+    def generates(self) -> bool:
+        return self.kind in GENERATING_KINDS
+
+    def validate(self, where: str = "stage") -> None:
+        check(isinstance(self.name, str) and bool(_NAME.match(self.name)), f"{where}.name",
+              f"got {self.name!r}, expected letters, digits, '_', '-' or '.' (usable as a directory name)")
+        check_choice(self.kind, KINDS, f"{where}.kind")
+        if self.is_training:
+            check(self.steps is not None, f"{where}.steps", f"missing: a {self.kind} stage needs a number of steps")
+        check_int(self.steps, f"{where}.steps", allow_none=True)
+        check_int(self.save_interval, f"{where}.save_interval", minimum=0, allow_none=True)
+        check_int(self.keep_last, f"{where}.keep_last", allow_none=True)
+        check(self.init_from is None or (isinstance(self.init_from, str) and self.init_from != ""), f"{where}.init_from",
+              f"got {self.init_from!r}, expected a stage name, a checkpoint path or null")
