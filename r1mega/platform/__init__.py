@@ -26,4 +26,7 @@ def init() -> None:
         from . import megatron_cpu
 
         megatron_cpu.apply()
+    from . import megatron_noapex
+
+    megatron_noapex.apply()
     _initialised = True
