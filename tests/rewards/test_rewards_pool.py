@@ -1,0 +1,23 @@
+"""The worker pool survives stuck, crashing and failing calls in one run and keeps its size."""
+from __future__ import annotations
+
+import time
+
+from r1mega.rewards.pool import Task, WorkerPool
+
+
+def test_pool_survives_timeout_crash_and_error_in_one_run():
+    with WorkerPool(num_workers=2, start_method="forkserver", worker_memory_mb=2048) as pool:
+        tasks = [Task("sleep", (60,), 1.0), Task("crash", (), 5.0), Task("nope", (), 5.0),
+                 Task("echo", ({"a": [1, 2]},), 5.0), Task("sleep", (0.1,), 5.0)]
+        t = time.monotonic()
+        out = pool.run(tasks)
+        assert time.monotonic() - t < 15
+        assert [o.status for o in out] == ["timeout", "crashed", "error", "ok", "ok"]
+        assert "KeyError" in out[2].error and out[3].value == {"a": [1, 2]}
+        assert pool.stats.timeouts == 1 and pool.stats.crashes == 1 and pool.stats.restarts == 2
+        pids = [w.proc.pid for w in pool._workers]
+        assert len(pids) == 2 and all(w.proc.is_alive() for w in pool._workers)
+        # the replaced workers do real work
+        assert pool.run([Task("math", ("1", "1", 1, 15, "AB", None), 5.0)])[0].value == 1.0
+    assert pool._workers == []
