@@ -29,4 +29,8 @@ def init() -> None:
     from . import megatron_noapex
 
     megatron_noapex.apply()
+    if not have_transformer_engine():
+        from . import megatron_local_mla
+
+        megatron_local_mla.apply()
     _initialised = True

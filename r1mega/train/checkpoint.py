@@ -53,10 +53,12 @@ def _layout(engine) -> dict:
 
 
 def _model_sharded(engine) -> dict:
+    from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
+
     sd = {}
     for i, chunk in enumerate(engine.chunks):
         module = getattr(chunk, "module", chunk)
-        sd["model" if len(engine.chunks) == 1 else f"model{i}"] = module.sharded_state_dict()
+        sd["model" if len(engine.chunks) == 1 else f"model{i}"] = module.sharded_state_dict(metadata=ensure_metadata_has_dp_cp_group(None))
     return sd
 
 
@@ -126,6 +128,7 @@ class CheckpointManager:
         _barrier()
         sd = _model_sharded(engine)
         if engine.optimizer is not None:
+            megatron_noapex.materialise_adam_state(engine.optimizer)  # a never-stepped optimizer
             sd["optimizer"] = engine.optimizer.sharded_state_dict(sd, is_loading=False, metadata=_OPTIM_META)
         dist_checkpointing.save(sd, str(tmp), content_metadata=_OPTIM_META)
         (tmp / "rng").mkdir(exist_ok=True)

@@ -20,8 +20,9 @@ def reduce_metrics(stores: list[dict], src_last_stage: bool = True) -> dict[str,
         acc: dict = {}
         for m in stores:
             accumulate_metrics(acc, {k: v.detach().float().reshape(-1) for k, v in m.items() if not k.startswith("_")})
-        group = ps.get_data_parallel_group() if ps.get_data_parallel_world_size() > 1 else None
-        out = finalize_metrics(all_reduce_metrics(acc, group))
+        if ps.get_data_parallel_world_size() > 1:  # (group=None would mean the whole world)
+            acc = all_reduce_metrics(acc, ps.get_data_parallel_group())
+        out = finalize_metrics(acc)
     if src_last_stage and ps.get_pipeline_model_parallel_world_size() > 1:
         box = [out]
         dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
