@@ -166,7 +166,7 @@ class CheckpointManager:
         """Load into ``engine`` (collective). Returns the checkpoint's metadata (step, extra).
         ``load_optimizer=False`` loads weights only (init_from, reference models, evaluation)."""
         from megatron.core import dist_checkpointing
-        from megatron.core.dist_checkpointing.core import CheckpointingException
+        from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException
 
         path = Path(path) if path is not None else self.latest()
         if path is None:
@@ -180,7 +180,7 @@ class CheckpointManager:
             sd["optimizer"] = engine.optimizer.sharded_state_dict(sd, is_loading=True, metadata=_OPTIM_META)
         try:
             state = dist_checkpointing.load(sd, str(path))
-        except (CheckpointingException, FileNotFoundError, KeyError, RuntimeError) as e:
+        except (Exception, TorchCheckpointException) as e:  # the torch one is a BaseException: name the checkpoint
             raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
         for i, chunk in enumerate(engine.chunks):
             chunk.load_state_dict(state["model" if len(engine.chunks) == 1 else f"model{i}"], strict=True)
