@@ -18,6 +18,8 @@ class DataConfig:
     train_paths: list[str] = doc([], "Training data files (.jsonl/.parquet) or directories; 'stage:NAME/file' = an earlier stage's output.")
     eval_paths: list[str] = doc([], "Held-out evaluation data files or directories (same forms as train_paths).")
     tasks: list[str] = doc([], "Built-in synthetic tasks to draw prompts from (see r1mega.data.tasks), used besides/instead of paths.")
+    difficulties: list[int] = doc([1, 2, 3], "Difficulty levels (1..5) RL prompts are drawn from, uniformly, for the built-in tasks.")
+    template: str = doc("r1_zero", "Prompt template for RL / evaluation prompts (see r1mega.data.templates: r1_zero, chat, chat_plain).")
     seq_length: int = doc(512, "Tokens per training sequence (prompt + response for RL/SFT).")
     split: list[float] = doc([98.0, 2.0, 0.0], "Train/valid/test weights for splitting train_paths (Megatron-style, normalised).")
     shuffle: bool = doc(True, "Shuffle training samples each epoch.")
@@ -32,6 +34,11 @@ class DataConfig:
         check_int(self.max_samples, f"{where}.max_samples", allow_none=True)
         check_int(self.num_workers, f"{where}.num_workers", minimum=0)
         check_int(self.seed, f"{where}.seed", minimum=0)
+        check(isinstance(self.difficulties, list) and self.difficulties and all(d in (1, 2, 3, 4, 5) for d in self.difficulties),
+              f"{where}.difficulties", f"got {self.difficulties!r}, expected a non-empty list of levels from 1..5")
+        from r1mega.data.templates import TEMPLATES
+
+        check(self.template in TEMPLATES, f"{where}.template", f"got {self.template!r}, expected one of {sorted(TEMPLATES)}")
         for name in ("train_paths", "eval_paths", "tasks"):
             for i, item in enumerate(getattr(self, name)):
                 check(isinstance(item, str) and item.strip() != "", f"{where}.{name}[{i}]", f"got {item!r}, expected a non-empty string")

@@ -1,0 +1,42 @@
+"""RL prompts from the built-in verifiable tasks: each iteration's prompts are a pure function of
+(seed, iteration), so a resumed GRPO run sees exactly the prompts it would have seen."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from r1mega.data.tasks import iter_problems
+from r1mega.data.templates import render
+
+
+@dataclass
+class PromptItem:
+    text: str  # the templated prompt
+    ids: list  # its token ids
+    gold: str
+    task_type: str  # reward task type (math, mcq, code, gym)
+    meta: dict = field(default_factory=dict)
+
+
+REASONING = ("arith", "word")
+
+
+class TaskPrompts:
+    def __init__(self, tokenizer, tasks: list[str], difficulties: list[int], template: str = "r1_zero",
+                 seed: int = 0, split: str = "train"):
+        names = [t for t in tasks if t in REASONING] or list(REASONING)
+        self.tok, self.template, self.seed, self.split = tokenizer, template, seed, split
+        self.tasks = {t: 1.0 for t in names}
+        self.levels = {d: 1.0 for d in difficulties}
+
+    def batch(self, iteration: int, n: int, offset: int = 0) -> list[PromptItem]:
+        """``n`` prompts of ``iteration`` (``offset`` > 0 draws extra ones, e.g. for dynamic sampling refills)."""
+        stream = iter_problems(self.tasks, self.levels, seed=hash((self.seed, iteration, offset)) & 0x7FFFFFFF,
+                               split=self.split)
+        out = []
+        for p in stream:
+            text = render(self.template, p.prompt)
+            out.append(PromptItem(text, self.tok.encode(text), p.answer, "math",
+                                  {"id": p.id, "task": p.task, "difficulty": p.difficulty}))
+            if len(out) == n:
+                return out
+        return out

@@ -1,0 +1,250 @@
+"""One GRPO stage (R1-Zero, reasoning RL, all-scenario RL): the loop of the design's data flow.
+
+Per iteration, on every rank (SPMD):
+
+    prompts -> rollout (G samples each) -> rewards (split over ranks, gathered) -> group advantages
+      -> old and reference log-probs recomputed by Megatron (rollout log-probs kept for the
+         mismatch check / truncated IS) -> policy updates over minibatches -> refit of the engine
+
+Resumable: the policy (with optimizer), the reference and the iteration are checkpointed; the
+prompts of iteration ``k`` are a pure function of (seed, k).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from r1mega.config.base import ConfigError
+
+
+def _world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def gather_rewards(computer, samples: list) -> tuple[list[float], dict, list[dict]]:
+    """Score ``samples`` split round-robin over all ranks; every rank gets every result."""
+    rank, world = _world()
+    mine = list(range(rank, len(samples), world))
+    out = computer.score([samples[i] for i in mine])
+    part = [(i, out.totals[k], {c: v[k] for c, v in out.components.items()}) for k, i in enumerate(mine)]
+    parts = [part]
+    metrics = [out.metrics]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, part)
+        metrics = [None] * world
+        dist.all_gather_object(metrics, out.metrics)
+    totals = [0.0] * len(samples)
+    comps: list[dict] = [{} for _ in samples]
+    for p in parts:
+        for i, t, c in p:
+            totals[i], comps[i] = t, c
+    counters = {k: sum(m.get(k, 0) for m in metrics) for k in ("reward/timeouts", "reward/errors", "reward/rejected")}
+    return totals, counters, comps
+
+
+def _copy_weights(src_engine, dst_engine) -> None:
+    with torch.no_grad():
+        for s, d in zip(src_engine.chunks, dst_engine.chunks):
+            dst = dict(getattr(d, "module", d).named_parameters())
+            for name, p in getattr(s, "module", s).named_parameters():
+                dst[name].copy_(p)
+            dbuf = dict(getattr(d, "module", d).named_buffers())
+            for name, b in getattr(s, "module", s).named_buffers():
+                if name in dbuf:
+                    dbuf[name].copy_(b)
+
+
+class GRPOStage:
+    def __init__(self, cfg, stage):
+        from r1mega.algorithms import GRPOLoss
+        from r1mega.data.prompts import TaskPrompts
+        from r1mega.rewards import RewardComputer
+        from r1mega.rollout import Sampling, make_engine
+        from r1mega.train.checkpoint import CheckpointManager
+        from r1mega.train.engine import TrainEngine
+        from r1mega.train.entry import load_tokenizer_for, resolve_init_checkpoint
+
+        self.cfg, self.stage = cfg, stage
+        self.out = Path(cfg.stage_dir(stage))
+        self.out.mkdir(parents=True, exist_ok=True)
+        g = cfg.grpo
+        self.G, self.P = g.group_size, g.prompts_per_step
+        self.policy = TrainEngine(cfg.model, cfg.parallel, cfg.optimizer, seed=cfg.data.seed, mtp=False,
+                                  total_steps=stage.steps * max(1, g.updates_per_step))
+        self.tok = load_tokenizer_for(cfg, self.out)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", keep_last=cfg.checkpoint.keep_last or 0)
+        self.ref_ckpt = CheckpointManager(self.out / "reference", keep_last=1)
+        self.start = 0
+        init = resolve_init_checkpoint(cfg, stage.init_from)
+        if cfg.checkpoint.resume and self.ckpt.latest() is not None:
+            self.start = self.ckpt.load(self.policy)["step"]
+        elif init is not None:
+            self.ckpt.load(self.policy, init, load_optimizer=False)
+        self.ref = None
+        if g.kl_coef > 0:
+            self.ref = TrainEngine(cfg.model, cfg.parallel, None, seed=cfg.data.seed, mtp=False)
+            ref_src = self.ref_ckpt.latest() or init
+            if ref_src is not None:
+                self.ref_ckpt.load(self.ref, ref_src, load_optimizer=False)
+            else:
+                _copy_weights(self.policy, self.ref)
+        self.sampling = Sampling.from_config(cfg.rollout, n=self.G, temperature=g.temperature)
+        vllm = cfg.rollout.engine == "vllm"  # (the Megatron engine generates with the policy itself)
+        self.rollout = make_engine(cfg, self.policy, **({"load_trainer_weights": True} if vllm else {}))
+        self.rewards = RewardComputer(cfg.rewards)
+        self.loss = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens)
+        self.prompts = TaskPrompts(self.tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
+                                   seed=cfg.data.seed)
+
+    # ------------------------------------------------------------------ pieces
+    def _samples(self, items, rollouts) -> list:
+        from r1mega.rewards import RewardSample
+
+        return [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
+                             gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
+                             response_tokens=len(c.token_ids), max_tokens=self.sampling.max_new_tokens)
+                for c in rollouts.completions]
+
+    def _generate_scored(self, it: int):
+        """Rollouts and rewards of iteration ``it``; with dynamic sampling, groups whose rewards are
+        all equal are dropped and refilled from extra prompts (at most max_rounds rounds)."""
+        from r1mega.algorithms import dynamic_sampling_keep
+
+        g = self.cfg.grpo
+        items, comps_all, rewards_all, completions, prompts = [], [], [], [], []
+        counters: dict = {}
+        rounds = g.dynamic_sampling_max_rounds if g.dynamic_sampling else 1
+        t_roll = t_rew = 0.0
+        for r in range(rounds):
+            need = self.P - len(items)
+            batch_items = self.prompts.batch(it, need if r == 0 else need * 2, offset=r)
+            t = time.time()
+            ro = self.rollout.generate([b.ids for b in batch_items], self.sampling, n=self.G)
+            t_roll += time.time() - t
+            t = time.time()
+            totals, cnt, comps = gather_rewards(self.rewards, self._samples(batch_items, ro))
+            t_rew += time.time() - t
+            for k, v in cnt.items():
+                counters[k] = counters.get(k, 0) + v
+            keep = list(range(len(batch_items)))
+            if g.dynamic_sampling:
+                mask = dynamic_sampling_keep(torch.tensor(totals), self.G)
+                keep = [i for i in range(len(batch_items)) if bool(mask[i])]
+            for i in keep[:self.P - len(items)]:
+                prompts.append(batch_items[i].ids)
+                for c in ro.group(i):
+                    completions.append(dataclasses.replace(c, prompt_index=len(items)))
+                rewards_all += totals[i * self.G:(i + 1) * self.G]
+                comps_all += comps[i * self.G:(i + 1) * self.G]
+                items.append(batch_items[i])
+            if len(items) >= self.P:
+                break
+        from r1mega.rollout import Rollouts
+
+        ro = Rollouts(prompts, self.G, completions)
+        return items, ro, rewards_all, comps_all, counters, t_roll, t_rew
+
+    def _shard(self, batch: dict) -> dict:
+        from r1mega.train.batching import dp_shard
+
+        r, n = self.policy.dp_rank_size()
+        if (batch["tokens"].size(0) // self.G) % n:
+            raise ConfigError("grpo.prompts_per_step", f"{batch['tokens'].size(0) // self.G} prompts do not split "
+                              f"over {n} data-parallel ranks")
+        return dp_shard(batch, r, n)
+
+    # -------------------------------------------------------------- iteration
+    def iteration(self, it: int) -> dict:
+        from r1mega.algorithms import advantage_metrics, finalize_metrics, group_advantages
+        from r1mega.rollout import check_mismatch, mismatch_stats
+
+        g, T = self.cfg.grpo, self.cfg.grpo.temperature
+        t0 = time.time()
+        items, ro, rewards, comps, counters, t_roll, t_rew = self._generate_scored(it)
+        if not items:
+            return {"skipped": 1.0}
+        r = torch.tensor(rewards, dtype=torch.float32)
+        adv = group_advantages(r, self.G, mode=g.advantage_mode, eps=g.adv_epsilon)
+        batch = ro.to_batch(pad_id=self.tok.pad_token_id or 0)
+        batch["advantages"] = adv
+        local = self._shard(batch)
+        t = time.time()
+        local["old_logprobs"] = self.policy.logprobs(local, temperature=T)
+        if self.ref is not None:
+            local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
+        t_lp = time.time() - t
+        from megatron.core import parallel_state as ps
+
+        dp_group = ps.get_data_parallel_group() if ps.get_data_parallel_world_size() > 1 else None
+        mm = mismatch_stats(local["rollout_logprobs"], local["old_logprobs"], local["loss_mask"], group=dp_group)
+        # Before any update: never learn from samples of a different policy than the one trained.
+        check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=f"{self.stage.name} iteration {it + 1}")
+        t = time.time()
+        train_metrics: dict = {}
+        rows = local["tokens"].size(0)
+        mb = g.minibatch_size or rows
+        for _ in range(g.ppo_epochs):
+            for s in range(0, rows, mb):
+                part = {k: (v[s:s + mb] if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == rows else v)
+                        for k, v in local.items()}
+                st = self.policy.train_step(part, self.loss, temperature=T, with_entropy=True)
+                train_metrics = {**st.metrics, "grad_norm": st.grad_norm, "lr": st.lr}
+        t_train = time.time() - t
+        t = time.time()
+        refit = self.rollout.refit(self.policy)
+        t_refit = time.time() - t
+        if self.ref is not None and g.ref_refresh_interval and (it + 1) % g.ref_refresh_interval == 0:
+            _copy_weights(self.policy, self.ref)
+            self.ref_ckpt.save(self.ref, it + 1)
+        lengths = torch.tensor([len(c.token_ids) for c in ro.completions], dtype=torch.float32)
+        comp_means = {f"reward/{k}": sum(c.get(k, 0.0) for c in comps) / len(comps) for k in (comps[0] if comps else {})}
+        dt = time.time() - t0
+        m = {"reward/total": float(r.mean()), **comp_means, "accuracy": comp_means.get("reward/accuracy", float("nan")),
+             "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
+             "response/clipped_frac": sum(c.finish_reason == "length" for c in ro.completions) / len(ro.completions),
+             **finalize_metrics(advantage_metrics(r, adv, self.G)),
+             **{f"train/{k}": v for k, v in train_metrics.items()},
+             **{f"rollout_mismatch/{k}": float(v) for k, v in mm.items()}, **counters,
+             "time/rollout": t_roll, "time/reward": t_rew, "time/logprob": t_lp, "time/train": t_train,
+             "time/refit": t_refit, "time/step": dt, "tokens_per_s": float(lengths.sum()) / dt,
+             "refit/seconds": getattr(refit, "seconds", 0.0) if refit is not None else 0.0}
+        return m
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> dict:
+        from r1mega.train.entry import StopFlag, _rank0
+        from r1mega.train.logger import MetricLogger
+
+        steps = self.stage.steps
+        lg = self.cfg.logging
+        log = MetricLogger(str(self.out), lg.jsonl_path, lg.tensorboard_dir, lg.tensorboard, lg.progress_bar,
+                           total=steps, initial=self.start, enabled=_rank0(), desc=self.stage.name)
+        stop, interval = StopFlag(), self.cfg.checkpoint.save_interval
+        last: dict = {}
+        try:
+            for it in range(self.start, steps):
+                last = self.iteration(it)
+                log.log(it + 1, last, console=["reward/total", "accuracy", "reward/format", "response/length_mean",
+                                               "train/kl/k3", "tokens_per_s"])
+                if (interval and (it + 1) % interval == 0) or it + 1 == steps:
+                    self.ckpt.save(self.policy, it + 1, extra={"stage": self.stage.name})
+                elif stop.should_stop():
+                    self.ckpt.save(self.policy, it + 1, extra={"stage": self.stage.name})
+                    return {"stopped_at": it + 1, **last}
+        finally:
+            log.close()
+            self.rewards.close()
+        return last
+
+
+def run_grpo_stage(cfg, stage_name: Optional[str] = None) -> dict:
+    stage = cfg.select_stage(stage_name)
+    if stage.kind != "grpo":
+        raise ConfigError(f"pipeline.stages[{stage.name}].kind", f"{stage.kind!r} is not a GRPO stage")
+    return GRPOStage(cfg.for_stage(stage), stage).run()
