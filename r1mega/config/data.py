@@ -20,6 +20,7 @@ class DataConfig:
     tasks: list[str] = doc([], "Built-in synthetic tasks to draw prompts from (see r1mega.data.tasks), used besides/instead of paths.")
     difficulties: list[int] = doc([1, 2, 3], "Difficulty levels (1..5) RL prompts are drawn from, uniformly, for the built-in tasks.")
     template: str = doc("r1_zero", "Prompt template for RL / evaluation prompts (see r1mega.data.templates: r1_zero, chat, chat_plain).")
+    corpus: dict = doc({}, "Pretraining corpus mix: fields of r1mega.data.corpus.CorpusConfig (plain_weight, r1_weight, qa_weight, nonreasoning_weight, zh_fraction, task_weights, difficulty_weights, ...).")
     seq_length: int = doc(512, "Tokens per training sequence (prompt + response for RL/SFT).")
     split: list[float] = doc([98.0, 2.0, 0.0], "Train/valid/test weights for splitting train_paths (Megatron-style, normalised).")
     shuffle: bool = doc(True, "Shuffle training samples each epoch.")
@@ -36,7 +37,16 @@ class DataConfig:
         check_int(self.seed, f"{where}.seed", minimum=0)
         check(isinstance(self.difficulties, list) and self.difficulties and all(d in (1, 2, 3, 4, 5) for d in self.difficulties),
               f"{where}.difficulties", f"got {self.difficulties!r}, expected a non-empty list of levels from 1..5")
+        from r1mega.data.corpus import CorpusConfig
         from r1mega.data.templates import TEMPLATES
+
+        check(isinstance(self.corpus, dict), f"{where}.corpus", f"got {self.corpus!r}, expected a mapping")
+        import dataclasses as _dc
+
+        known = {f.name for f in _dc.fields(CorpusConfig)}
+        for k in self.corpus:
+            check(k in known, f"{where}.corpus.{k}", f"unknown corpus field; expected one of {sorted(known)}")
+        CorpusConfig(**self.corpus).validate(f"{where}.corpus")
 
         check(self.template in TEMPLATES, f"{where}.template", f"got {self.template!r}, expected one of {sorted(TEMPLATES)}")
         for name in ("train_paths", "eval_paths", "tasks"):

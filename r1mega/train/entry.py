@@ -83,7 +83,10 @@ def _batches(cfg, stage, tok):
 
     o = cfg.optimizer
     if stage.kind == "pretrain":
-        return PretrainBatches(tok, cfg.data.seq_length, o.global_batch_size, seed=cfg.data.seed)
+        from r1mega.data.corpus import CorpusConfig
+
+        return PretrainBatches(tok, cfg.data.seq_length, o.global_batch_size, seed=cfg.data.seed,
+                               corpus=CorpusConfig(**cfg.data.corpus))
     rows = []
     for p in cfg.data.train_paths:
         rows += read_jsonl(cfg.resolve_path(p), required=("prompt", "response"))
