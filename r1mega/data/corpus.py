@@ -1,0 +1,238 @@
+"""The pretraining text mix: plain sentences about numbers and objects, worked problems in the
+R1-Zero template and in a plain "Question: ... Answer: ..." format, and a few non-reasoning pairs.
+
+Everything is generated from templates in this repository (nothing is downloaded) and is
+deterministic in ``CorpusConfig.seed``. Only *train*-split problems are used, so held-out
+problems (``split_of(key) == "test"``) never appear in pretraining.
+
+Language mixing, on purpose: a ``zh_fraction`` share of the worked solutions write their step
+words in Chinese (``第1步：37+12=49。所以答案是49。``) instead of English
+(``Step 1: 37+12=49. The answer is 49.``). The base model therefore sometimes reasons in Chinese
+on an English prompt, which the R1 stage-2 language-consistency reward then has to fix.
+
+Documents are yielded as strings without BOS/EOS; the packer adds them.
+
+Sample documents (seed 0)::
+
+    When 14 eggs are split into 2 equal piles, each pile has 7 eggs. Facts: 0*8=0, 4+7=11, 5*4=20, 17+18=35.
+    Question: What does 79-56 equal?\nAnswer: Step 1: 79-56=23. The answer is 23.
+    A conversation between User and Assistant. ... User: How much is 16-9?. Assistant: <think> 第1步：16-9=7。 </think> <answer> 7 </answer>
+    Question: Sort these numbers from smallest to largest: 754, 488, 137, 370.\nAnswer: 137, 370, 488, 754
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from r1mega.config.base import check, check_int, doc
+
+from .tasks import DIFFICULTIES, HELDOUT_FRACTION, REASONING_TASKS, Problem, iter_problems
+from .tasks.arith import number
+from .tasks.word import CONTAINERS, NAMES, OBJECTS
+
+DOC_KINDS = ("plain", "r1", "qa", "nonreasoning")
+
+# The R1-Zero prompt (DeepSeek-R1 paper, Table 1). r1mega/data/templates.py is the owner of prompt
+# templates; this copy is used only when that module is not importable.
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
+    "User: {prompt}. Assistant:"
+)
+
+
+def render_prompt(prompt: str, template: str = "r1_zero") -> str:
+    """The prompt in the named template: r1mega.data.templates.render when it exists, else the
+    built-in R1-Zero text (template 'r1_zero' only)."""
+    try:
+        from r1mega.data.templates import render  # owned by the templates work
+    except ImportError:
+        render = None
+    if render is not None:
+        return render(template, prompt)
+    if template not in ("r1_zero", "r1-zero", "r1zero"):
+        raise ValueError(f"template {template!r} needs r1mega.data.templates, which is not available")
+    return R1_ZERO_TEMPLATE.format(prompt=prompt)
+
+
+@dataclass
+class CorpusConfig:
+    seed: int = doc(0, "Seed of the whole mix (documents, problems, languages).")
+    plain_weight: float = doc(0.3, "Share of plain English documents about numbers and objects.")
+    r1_weight: float = doc(0.25, "Share of worked problems in the R1-Zero template (prompt + <think>...</think> <answer>...</answer>).")
+    qa_weight: float = doc(0.35, "Share of worked problems as 'Question: ...\\nAnswer: steps. The answer is N.'")
+    nonreasoning_weight: float = doc(0.1, "Share of non-reasoning instruction/response pairs (both formats).")
+    zh_fraction: float = doc(0.2, "Share of worked solutions whose step words are Chinese (language mixing for the stage-2 reward to fix).")
+    task_weights: dict = doc({"arith": 0.6, "word": 0.4}, "Relative weights of the reasoning task families.")
+    difficulty_weights: list = doc([0.5, 0.25, 0.12, 0.08, 0.05], "Relative weights of difficulty levels 1..5 for worked problems (easy-heavy: a tiny model must get some easy ones right before RL).")
+    template: str = doc("r1_zero", "Prompt template name for the R1-format documents (see r1mega.data.templates).")
+    heldout_fraction: float = doc(HELDOUT_FRACTION, "Held-out share of the problem space (must match the evaluation sets).")
+
+    def weights(self) -> dict[str, float]:
+        return {"plain": self.plain_weight, "r1": self.r1_weight, "qa": self.qa_weight,
+                "nonreasoning": self.nonreasoning_weight}
+
+    def validate(self, where: str = "corpus") -> None:
+        check_int(self.seed, f"{where}.seed", minimum=0)
+        for k, v in self.weights().items():
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f"{where}.{k}_weight",
+                  f"got {v!r}, expected a non-negative number")
+        check(sum(self.weights().values()) > 0, where, "all document weights are 0")
+        check(isinstance(self.zh_fraction, (int, float)) and 0 <= self.zh_fraction <= 1, f"{where}.zh_fraction",
+              f"got {self.zh_fraction!r}, expected a number in [0, 1]")
+        check(isinstance(self.task_weights, dict) and self.task_weights
+              and all(t in REASONING_TASKS and w >= 0 for t, w in self.task_weights.items())
+              and sum(self.task_weights.values()) > 0, f"{where}.task_weights",
+              f"got {self.task_weights!r}, expected non-negative weights for tasks from {tuple(REASONING_TASKS)}")
+        check(isinstance(self.difficulty_weights, list) and len(self.difficulty_weights) == len(DIFFICULTIES)
+              and all(isinstance(w, (int, float)) and w >= 0 for w in self.difficulty_weights)
+              and sum(self.difficulty_weights) > 0, f"{where}.difficulty_weights",
+              f"got {self.difficulty_weights!r}, expected {len(DIFFICULTIES)} non-negative weights (levels 1..5)")
+        check(isinstance(self.heldout_fraction, float) and 0 < self.heldout_fraction < 1, f"{where}.heldout_fraction",
+              f"got {self.heldout_fraction!r}, expected a float in (0, 1)")
+
+
+# --------------------------------------------------------------------------------------------
+# Plain text
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+                "nineteen", "twenty")
+COLORS = ("red", "blue", "green", "yellow", "brown", "white")
+PLACES = ("on the table", "on the shelf", "on the floor", "on the desk", "in the garden", "in the kitchen")
+
+
+def _plain_sentence(rng: random.Random) -> str:
+    (name, pron), obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    friend = rng.choice([n for n, _ in NAMES if n != name])
+    conts, cont = rng.choice(CONTAINERS)
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    n = rng.randint(1, 999)
+    k = rng.randint(0, 20)
+    kind = rng.randrange(16)
+    if kind == 0:
+        return f"{name} has {a} {obj}."
+    if kind == 1:
+        return f"There are {a} {obj} in the {cont} {rng.choice(PLACES)}."
+    if kind == 2:
+        return f"{a} plus {b} is {a + b}."
+    if kind == 3:
+        hi, lo = max(a, b), min(a, b)
+        return f"{hi} minus {lo} is {hi - lo}."
+    if kind == 4:
+        x, y = rng.randint(0, 12), rng.randint(0, 12)
+        return f"{x} times {y} is {x * y}."
+    if kind == 5:
+        return f"The number {n} comes after {n - 1} and before {n + 1}."
+    if kind == 6:
+        hi, lo = (a, b) if a != b else (a + 1, b)
+        hi, lo = max(hi, lo), min(hi, lo)
+        return rng.choice((f"{hi} is larger than {lo}.", f"{lo} is smaller than {hi}."))
+    if kind == 7:
+        parts = [(n // 100, "hundred"), (n // 10 % 10, "ten"), (n % 10, "one")]
+        return f"The number {n} is " + " and ".join(f"{d} {w}{'' if d == 1 else 's'}" for d, w in parts
+                                                    if d or w == "one") + "."
+    if kind == 8:
+        return f"{NUMBER_WORDS[k].capitalize()} is written as {k}."
+    if kind == 9:
+        start, step = rng.randint(0, 50), rng.choice((1, 1, 2, 5, 10))
+        return "Count: " + ", ".join(str(start + i * step) for i in range(rng.randint(4, 7))) + "."
+    if kind == 10:
+        return f"{name} had {a} {obj} and bought {b} more, so now {pron.lower()} has {a + b} {obj}."
+    if kind == 11:
+        hi, lo = max(a, b), min(a, b)
+        return f"{name} had {hi} {obj} and gave {lo} to {friend}, so {pron.lower()} has {hi - lo} left."
+    if kind == 12:
+        x, y = rng.randint(2, 9), rng.randint(2, 12)
+        return f"{x} {conts} with {y} {obj} each hold {x * y} {obj}."
+    if kind == 13:
+        x, y = rng.randint(2, 9), rng.randint(2, 12)
+        return f"When {x * y} {obj} are split into {x} equal piles, each pile has {y} {obj}."
+    if kind == 14:
+        return arithmetic_facts(rng)
+    color = rng.choice(COLORS)
+    return f"The {cont} is {color}. {name} puts {k} {obj} in the {color} {cont}."
+
+
+def arithmetic_facts(rng: random.Random) -> str:
+    """``Facts: 7+5=12, 23+4=27, 9*3=27.``: facts of levels 1-2 in the notation of the worked steps."""
+    facts = []
+    for _ in range(rng.randint(3, 6)):
+        op = rng.choice("+-*")
+        if op == "*":
+            x, y = rng.randint(0, 9), rng.randint(0, 9)
+        else:
+            hi = 20 if rng.random() < 0.7 else 99
+            x, y = number(rng, (0, hi)), number(rng, (0, hi))
+            if op == "-" and x < y:
+                x, y = y, x
+        facts.append(f"{x}{op}{y}={x + y if op == '+' else x - y if op == '-' else x * y}")
+    return "Facts: " + ", ".join(facts) + "."
+
+
+def plain_document(rng: random.Random, facts_share: float = 0.3) -> str:
+    """A short paragraph of 2-5 simple, true sentences; about ``facts_share`` of them are lists
+    of arithmetic facts (dense, cheap practice for the easy levels)."""
+    return " ".join(arithmetic_facts(rng) if rng.random() < facts_share else _plain_sentence(rng)
+                    for _ in range(rng.randint(2, 5)))
+
+
+# --------------------------------------------------------------------------------------------
+# Worked problems
+
+def r1_document(p: Problem, lang: str, template: str = "r1_zero") -> str:
+    return f"{render_prompt(p.prompt, template)} {p.solution(lang)}"
+
+
+def qa_document(p: Problem, lang: str) -> str:
+    return f"Question: {p.prompt}\nAnswer: {p.plain_solution(lang)}"
+
+
+def _language_flags(rng: random.Random, zh_fraction: float, block: int = 50) -> Iterator[bool]:
+    """True (= Chinese) for a ``zh_fraction`` share of worked solutions: in each block of 50, a
+    quota of floor(f*50) or that +1 (randomised rounding) at random positions. Tighter than
+    independent coin flips, so short runs already respect the fraction."""
+    while True:
+        want = zh_fraction * block
+        k = int(want) + (rng.random() < want - int(want))
+        chosen = set(rng.sample(range(block), k))
+        yield from (i in chosen for i in range(block))
+
+
+def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
+    """Endless stream of ``{"kind", "lang", "task", "difficulty", "key", "text"}``; ``kind`` is one
+    of plain / r1 / qa / nonreasoning, ``key`` the problem's math key (None for plain text)."""
+    cfg = cfg or CorpusConfig()
+    cfg.validate()
+    rng = random.Random(f"r1mega-corpus:{cfg.seed}")
+    kinds, kw = list(cfg.weights()), list(cfg.weights().values())
+    levels = dict(zip(DIFFICULTIES, cfg.difficulty_weights))
+    problems = iter_problems(cfg.task_weights, levels, seed=cfg.seed, split="train",
+                             heldout_fraction=cfg.heldout_fraction)
+    zh_flags = _language_flags(random.Random(f"r1mega-corpus-lang:{cfg.seed}"), cfg.zh_fraction)
+    chats = iter_problems({"nonreasoning": 1.0}, {1: 0.5, 2: 0.3, 3: 0.2}, seed=cfg.seed, split="train",
+                          heldout_fraction=cfg.heldout_fraction)
+    while True:
+        kind = rng.choices(kinds, weights=kw)[0]
+        if kind == "plain":
+            yield {"kind": kind, "lang": "en", "task": None, "difficulty": None, "key": None,
+                   "text": plain_document(rng)}
+        elif kind == "nonreasoning":
+            p = next(chats)
+            text = r1_document(p, "en", cfg.template) if rng.random() < 0.5 else qa_document(p, "en")
+            yield {"kind": kind, "lang": "en", "task": p.task, "difficulty": p.difficulty, "key": p.key, "text": text}
+        else:
+            p = next(problems)
+            lang = "zh" if next(zh_flags) else "en"
+            text = r1_document(p, lang, cfg.template) if kind == "r1" else qa_document(p, lang)
+            yield {"kind": kind, "lang": lang, "task": p.task, "difficulty": p.difficulty, "key": p.key, "text": text}
+
+
+def iter_corpus(cfg: Optional[CorpusConfig] = None, n: Optional[int] = None) -> Iterator[str]:
+    """The documents' text (``n`` of them, or endless with ``n=None``)."""
+    texts = (r["text"] for r in iter_corpus_records(cfg))
+    return texts if n is None else itertools.islice(texts, n)

@@ -1,0 +1,119 @@
+"""`r1mega run CONFIG [--only STAGE]...`: run a pipeline of stages in order, resumably.
+
+Each stage writes ``manifest.json`` in its directory (see :mod:`.manifest`). Rerunning the same
+command skips completed stages whose resolved config is unchanged, resumes an interrupted stage
+from its last checkpoint, and stops with a clear error when a completed stage's config changed
+(delete its directory, or its manifest, to rerun it on purpose).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from r1mega.config.base import ConfigError
+from r1mega.pipeline import manifest
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _run_kind(cfg, stage) -> dict:
+    kind = stage.kind
+    if kind in ("pretrain", "sft"):
+        from r1mega.train.entry import train_stage
+
+        return train_stage(cfg, stage.name)
+    if kind == "grpo":
+        from r1mega.pipeline.grpo import run_grpo_stage
+
+        return run_grpo_stage(cfg, stage.name)
+    runners = {"rejection_sampling": "r1mega.pipeline.rejection:run_stage",
+               "reward_model": "r1mega.pipeline.reward_model:run_stage",
+               "distill": "r1mega.pipeline.distill:run_stage",
+               "eval": "r1mega.eval.entry:run_stage"}
+    target = runners.get(kind)
+    if target is None:
+        raise ConfigError(f"pipeline.stages[{stage.name}].kind", f"unknown stage kind {kind!r}")
+    import importlib
+
+    mod, fn = target.split(":")
+    try:
+        func = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"pipeline.stages[{stage.name}].kind", f"stage kind {kind!r} is not available in this "
+                          f"version of r1mega ({target}: {e})") from None
+    return func(cfg, stage.name)
+
+
+def plan(cfg, only: list[str] | None = None) -> list[tuple]:
+    """(stage, stage dir, config hash, action) for every stage: action is run/resume/skip; raises on
+    a completed stage whose config changed."""
+    out = []
+    names = cfg.pipeline.names()
+    for name in only or []:
+        if name not in names:
+            raise ConfigError("--only", f"no stage {name!r} (stages: {', '.join(names)})")
+    for st in cfg.pipeline.stages:
+        if only and st.name not in only:
+            continue
+        d = Path(cfg.stage_dir(st))
+        import dataclasses
+
+        h = manifest.config_hash(cfg.for_stage(st).to_dict(), dataclasses.asdict(st))
+        m = manifest.read(d)
+        if m is None:
+            action = "run"
+        elif m.get("status") == "complete":
+            if m.get("config_hash") != h:
+                raise ConfigError(f"pipeline.stages[{st.name}]",
+                                  f"stage is complete in {d} but its config changed since (hash {m.get('config_hash')} -> {h}); "
+                                  f"delete {d / manifest.NAME} (or the directory) to rerun it")
+            action = "skip"
+        else:
+            action = "resume"
+        out.append((st, d, h, action))
+    return out
+
+
+def run_pipeline(cfg, only: list[str] | None = None) -> dict:
+    results = {}
+    for st, d, h, action in plan(cfg, only):
+        if action == "skip":
+            if _rank0():
+                print(f"[r1mega] stage {st.name}: complete, skipped", flush=True)
+            results[st.name] = manifest.read(d).get("metrics", {})
+            continue
+        if _rank0():
+            print(f"[r1mega] stage {st.name} ({st.kind}): {'resuming' if action == 'resume' else 'starting'}", flush=True)
+            manifest.write(d, stage=st.name, kind=st.kind, status="running", config_hash=h,
+                           init_from=st.init_from, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        _barrier()
+        t = time.time()
+        metrics = _run_kind(cfg, st) or {}
+        _barrier()
+        if "stopped_at" in metrics:  # preempted: leave it 'running', the rerun resumes it
+            return results
+        if _rank0():
+            outputs = sorted(str(p.relative_to(d)) for p in d.iterdir() if p.name != manifest.NAME)
+            manifest.write(d, status="complete", seconds=round(time.time() - t, 1), outputs=outputs,
+                           metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        results[st.name] = metrics
+    return results
+
+
+def main(cfg, args) -> int:
+    from r1mega.platform.distributed import destroy
+
+    try:
+        run_pipeline(cfg, getattr(args, "only", None))
+    finally:
+        destroy()
+    return 0
