@@ -20,7 +20,7 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
     check_choice(cfg.device, DEVICES, "device")
     cfg.model.validate("model")
     cfg.parallel.validate(world_size, "parallel")
-    for name in ("optimizer", "data", "rollout", "logging", "checkpoint", "grpo", "rewards"):
+    for name in ("optimizer", "data", "rollout", "logging", "checkpoint", "grpo", "rewards", "rejection", "eval"):
         validate = getattr(getattr(cfg, name), "validate", None)
         if callable(validate):
             validate(name)

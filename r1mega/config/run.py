@@ -16,6 +16,8 @@ from .model import ModelConfig
 from .optimizer import OptimizerConfig
 from .parallel import ParallelConfig
 from .pipeline import PipelineConfig, stage_dir
+from .rejection import RejectionConfig
+from .eval import EvalConfig
 from .rollout import RolloutConfig
 from .schema import build, deep_merge, to_dict
 from .stage import StageConfig, stage_ref
@@ -45,6 +47,8 @@ class RunConfig:
     rewards: RewardsConfig = doc(RewardsConfig(), "Rule-based and model rewards.")
     logging: LoggingConfig = doc(LoggingConfig(), "Metrics and console output.")
     checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpoint saving and resuming.")
+    eval: EvalConfig = doc(EvalConfig(), "Evaluation: benchmarks, samples per question (k), sampling (R1: T 0.6, top-p 0.95).")
+    rejection: RejectionConfig = doc(RejectionConfig(), "Rejection sampling (R1 stage 3): which RL samples become SFT data.")
     pipeline: PipelineConfig = doc(PipelineConfig(), "The ordered stages and the run directory.")
 
     @property

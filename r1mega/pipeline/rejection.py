@@ -1,0 +1,106 @@
+"""Rejection sampling (R1 stage 3): turn the reasoning-RL model's samples into SFT data.
+
+Sample k completions per reasoning prompt, keep those that are correct AND readable (proper
+<think>/<answer> format, chain of thought in the target language only, no over-long paragraph,
+no code block, bounded length), deduplicate per prompt, then mix in non-reasoning examples.
+Writes ``samples.jsonl`` (prompt, response, source, ...) for the next SFT stage, which R1 starts
+again from the *base* model, and ``rejection_stats.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch.distributed as dist
+
+
+def readability_reasons(text: str, n_tokens: int, comps: dict, rc) -> list[str]:
+    """Why a *correct* response is still rejected (empty list = accepted)."""
+    reasons = []
+    if comps.get("format", 0.0) < 1.0:
+        reasons.append("format")
+    if comps.get("language", 1.0) < rc.min_language_consistency:
+        reasons.append("language_mixing")
+    if any(len(p) > rc.max_paragraph_chars for p in re.split(r"\n\s*\n", text)):
+        reasons.append("long_paragraph")
+    if rc.reject_code_blocks and "```" in text:
+        reasons.append("code_block")
+    if n_tokens > rc.max_response_tokens:
+        reasons.append("too_long")
+    return reasons
+
+
+def run_stage(cfg, stage_name: str) -> dict:
+    from r1mega.data.prompts import TaskPrompts
+    from r1mega.data.tasks import generate_nonreasoning
+    from r1mega.data.templates import render
+    from r1mega.data.jsonl import write_jsonl
+    from r1mega.pipeline.grpo import gather_rewards
+    from r1mega.rewards import RewardComputer, RewardSample
+    from r1mega.rollout import Sampling, make_engine
+    from r1mega.train.checkpoint import CheckpointManager
+    from r1mega.train.engine import TrainEngine
+    from r1mega.train.entry import load_tokenizer_for, resolve_init_checkpoint
+
+    stage = cfg.stage(stage_name)
+    cfg = cfg.for_stage(stage)
+    rc = cfg.rejection
+    out = Path(cfg.stage_dir(stage))
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer_for(cfg, out)
+    policy = TrainEngine(cfg.model, cfg.parallel, None, seed=rc.seed, mtp=False)
+    init = resolve_init_checkpoint(cfg, stage.init_from)
+    if init is None:
+        from r1mega.config.base import ConfigError
+
+        raise ConfigError(f"pipeline.stages[{stage.name}].init_from", "rejection sampling needs the RL model to sample from")
+    CheckpointManager(init.parent).load(policy, init, load_optimizer=False)
+    engine = make_engine(cfg, policy, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}))
+    sampling = Sampling.from_config(cfg.rollout, n=rc.samples_per_prompt, temperature=rc.temperature,
+                                    top_p=rc.top_p, seed=rc.seed)
+    items = TaskPrompts(tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template, seed=rc.seed).batch(0, rc.num_prompts)
+    ro = engine.generate([i.ids for i in items], sampling, n=rc.samples_per_prompt)
+    samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type, gold=items[c.prompt_index].gold,
+                            prompt=items[c.prompt_index].text, response_tokens=len(c.token_ids),
+                            max_tokens=sampling.max_new_tokens) for c in ro.completions]
+    with RewardComputer(dataclasses.replace(cfg.rewards, preset="r1_stage2")) as computer:
+        _, _, comps = gather_rewards(computer, samples)
+    stats: Counter = Counter()
+    kept_per_prompt: dict[int, list[str]] = {}
+    rows = []
+    for c, comp in zip(ro.completions, comps):
+        stats["candidates"] += 1
+        if comp.get("accuracy", 0.0) < 1.0:
+            stats["rejected/incorrect"] += 1
+            continue
+        reasons = readability_reasons(c.text, len(c.token_ids), comp, rc)
+        if reasons:
+            for r in reasons:
+                stats[f"rejected/{r}"] += 1
+            continue
+        seen = kept_per_prompt.setdefault(c.prompt_index, [])
+        norm = " ".join(c.text.split())
+        if norm in seen or len(seen) >= rc.max_per_prompt:
+            stats["rejected/duplicate_or_cap"] += 1
+            continue
+        seen.append(norm)
+        item = items[c.prompt_index]
+        rows.append({"prompt": item.text, "response": c.text.strip(), "source": "reasoning", "gold": item.gold, **item.meta})
+    stats["accepted/reasoning"] = len(rows)
+    n_non = round(len(rows) * rc.nonreasoning_fraction / max(1e-9, 1 - rc.nonreasoning_fraction))
+    for p in generate_nonreasoning(n_non, seed=rc.seed, split="train", difficulty=[1, 2], unique=False):
+        rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution("en").strip(),
+                     "source": "nonreasoning", "gold": p.answer, "task": p.task})
+    stats["accepted/nonreasoning"] = n_non
+    random.Random(rc.seed).shuffle(rows)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        write_jsonl(out / "samples.jsonl", rows)
+        (out / "rejection_stats.json").write_text(json.dumps(dict(stats), indent=1))
+    if dist.is_initialized():
+        dist.barrier()
+    return {"samples": len(rows), "accept_rate": stats["accepted/reasoning"] / max(1, stats["candidates"]),
+            **{k: float(v) for k, v in stats.items()}}
