@@ -7,7 +7,7 @@ OK = {"format": 1.0, "language": 1.0, "accuracy": 1.0}
 
 
 def test_clean_response_is_accepted():
-    assert readability_reasons("<think> 2+3=5. </think> <answer> 5 </answer>", 12, OK, RC) == []
+    assert readability_reasons("<think> 2+3=5. </think>\n\n<answer> 5 </answer>", 12, OK, RC) == []
 
 
 def test_each_reason():
