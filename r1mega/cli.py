@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         _config_args(p)
         if name == "run":
-            p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+            p.add_argument("--only", "--stage", dest="only", action="append", metavar="STAGE",
+                           help="run only this stage (repeatable)")
         else:
             p.add_argument("--stage", metavar="NAME", help="pipeline stage to use (train: needed when there are several)")
         p.set_defaults(handler=_run_config_command)

@@ -46,9 +46,17 @@ def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None
               f"must be true for a MoE model with tensor_parallel={tp} (Megatron-Core refuses MoE + TP without sequence parallelism)")
     else:
         check(ep == 1, "parallel.expert_parallel", f"got {ep}, but the model has no routed experts; expected 1")
-    layers_per = pp * (par.virtual_pipeline or 1)
-    check(model.num_layers % layers_per == 0, "parallel.pipeline_parallel",
-          f"model.num_layers={model.num_layers} is not divisible by PP*VP={layers_per} (equal layers per pipeline stage)")
+    first, last = par.num_layers_in_first_pipeline_stage, par.num_layers_in_last_pipeline_stage
+    if (first is not None or last is not None) and pp == 1:
+        raise ConfigError("parallel.num_layers_in_first_pipeline_stage", "an uneven pipeline split needs pipeline_parallel > 1")
+    middle_layers = model.num_layers - (first or 0) - (last or 0)
+    middle_stages = pp - (first is not None) - (last is not None)
+    check(middle_layers >= 0 and (middle_stages > 0 or middle_layers == 0), "parallel.num_layers_in_first_pipeline_stage",
+          f"first={first} + last={last} layers do not fit model.num_layers={model.num_layers} over {pp} stages")
+    layers_per = max(1, middle_stages) * (par.virtual_pipeline or 1)
+    check(middle_layers % layers_per == 0, "parallel.pipeline_parallel",
+          f"{middle_layers} decoder layers (model.num_layers={model.num_layers} minus first/last-stage layers) do not "
+          f"split evenly over {max(1, middle_stages)} stages x VP {par.virtual_pipeline or 1} (equal layers per middle stage)")
     if par.context_parallel > 1:
         check(seq_length % (2 * par.context_parallel) == 0, "parallel.context_parallel",
               f"data.seq_length={seq_length} is not divisible by 2*CP={2 * par.context_parallel} (load-balanced CP chunks)")

@@ -12,6 +12,8 @@ class ParallelConfig:
     tensor_parallel: int = doc(1, "Tensor-parallel size (TP).")
     pipeline_parallel: int = doc(1, "Pipeline-parallel size (PP).")
     virtual_pipeline: Optional[int] = doc(None, "Virtual pipeline stages per rank for the interleaved schedule (None = plain 1F1B).")
+    num_layers_in_first_pipeline_stage: Optional[int] = doc(None, "Uneven pipeline split: decoder layers on the first stage (it also holds the embedding); None = even split.")
+    num_layers_in_last_pipeline_stage: Optional[int] = doc(None, "Uneven pipeline split: decoder layers on the last stage (it also holds the head and MTP); None = even split.")
     expert_parallel: int = doc(1, "Expert-parallel size (EP); experts are split across EP ranks.")
     expert_tensor_parallel: Optional[int] = doc(None, "Tensor-parallel size inside experts (ETP; None = same as TP).")
     context_parallel: int = doc(1, "Context-parallel size (CP).")
