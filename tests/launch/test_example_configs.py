@@ -7,7 +7,6 @@ exist, and those are the user's to provide).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -20,7 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 R1_STAGES = "cold_start_sft (sft), reasoning_rl (grpo), rejection_sampling (rejection_sampling), sft (sft), " \
             "all_scenario_rl (grpo), eval (eval)"
-UNEVEN_PP = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
 
 
 def r1mega(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -45,13 +43,6 @@ def check(config: Path, world: int, tmp_path: Path, *overrides) -> subprocess.Co
     return r1mega("config", "check", config, "--world-size", world, *overrides, cwd=tmp_path)
 
 
-def has_uneven_pp() -> bool:
-    from r1mega.config.parallel import ParallelConfig
-
-    names = {f.name for f in dataclasses.fields(ParallelConfig)}
-    return all(n in names for n in UNEVEN_PP)
-
-
 def test_dsv2_lite_one_node(tmp_path):
     cfg = EXAMPLES / "dsv2-lite-1x8h100" / "r1.yaml"
     r = check(cfg, 8, tmp_path)
@@ -64,41 +55,20 @@ def test_dsv2_lite_one_node(tmp_path):
 @pytest.mark.parametrize("name", ["r1.yaml", "r1-fp8.yaml"])
 def test_dsv3_256_gpus(tmp_path, name):
     cfg = EXAMPLES / "dsv3-671b-32x8h100" / name
-    if not has_uneven_pp():
-        # 61 layers over PP16 need uneven first/last pipeline stages (Megatron's
-        # num_layers_in_first/last_pipeline_stage): until the config has those fields, check the rest
-        # of the file with them removed and an even layer count, then xfail with the reason.
-        r = check(dsv3_dir(tmp_path) / name, 256, tmp_path, "model.num_layers=64")
-        assert r.returncode == 0, r.stderr
-        assert f"world size 256; stages: {R1_STAGES}" in r.stdout
-        pytest.xfail("config has no parallel.num_layers_in_first/last_pipeline_stage yet (61 layers, PP16)")
     r = check(cfg, 256, tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"world size 256; stages: {R1_STAGES}" in r.stdout
     assert check(cfg, 128, tmp_path).returncode == 2  # 16 nodes cannot hold EP16 x PP16 x TP1
 
 
-def dsv3_dir(tmp_path: Path) -> Path:
-    """The dsv3 example directory; without the uneven-pipeline config fields, a copy without them
-    (and without the stripped lines nothing else changes)."""
-    src = EXAMPLES / "dsv3-671b-32x8h100"
-    if has_uneven_pp():
-        return src
-    out = tmp_path / "dsv3"
-    out.mkdir(exist_ok=True)
-    for f in src.glob("*.yaml"):
-        (out / f.name).write_text("".join(l for l in f.read_text().splitlines(True)
-                                          if not l.strip().startswith(UNEVEN_PP)))
-    return out
-
-
 def test_dsv3_layout_and_fp8_options(tmp_path):
     from r1mega.config import load_config
 
-    here = dsv3_dir(tmp_path)
+    here = EXAMPLES / "dsv3-671b-32x8h100"
     cfg = load_config(str(here / "r1-fp8.yaml"), validate=False)
     p, m = cfg.parallel, cfg.model
     assert (p.tensor_parallel, p.expert_parallel, p.pipeline_parallel, cfg.rollout.tensor_parallel) == (1, 16, 16, 32)
+    assert (p.num_layers_in_first_pipeline_stage, p.num_layers_in_last_pipeline_stage) == (4, 1)
     assert cfg.data.seq_length == 1536 and m.preset == "deepseek-v3"
     assert (m.fp8, m.fp8_recipe) == ("e4m3", "blockwise")
     bf16 = load_config(str(here / "r1.yaml"), validate=False)
