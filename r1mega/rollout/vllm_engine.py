@@ -1,0 +1,179 @@
+"""The colocated vLLM rollout engine: one in-process vLLM engine inside every trainer rank.
+
+Start-up (every rank, same arguments):
+
+* ``distributed_executor_backend="external_launcher"``: vLLM joins the ``torch.distributed``
+  world the trainer already initialised (torchrun / srun) instead of spawning workers; with no
+  world yet, a world of one is created. vLLM lays the world out as ``replica x TP``: ranks
+  ``[r*tp, (r+1)*tp)`` form TP group ``r`` (independent of the trainer's groups), and each group
+  is an independent data-parallel replica that generates its share of the prompts.
+* The engine starts from a model directory holding only ``config.json`` and the tokenizer, with
+  dummy weights (``load_format="dummy"``); the first :meth:`VllmEngine.refit` loads the trainer's.
+* Device-dependent settings (memory, sleep mode, the DeepSeek rotary flag on CPU, thread binding)
+  come from :mod:`r1mega.platform.vllm_settings`; this module does not branch on the device.
+
+Every rank calls :meth:`generate` with the same global prompt list; results are all-gathered
+(the first rank of each replica contributes), so every rank returns every completion.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from r1mega.platform import vllm_settings as vs
+from r1mega.platform.distributed import init_distributed
+
+from .engine import Completion, RefitStats, RolloutEngine, Rollouts, gather_shares
+from .refit import refit_vllm, trainer_buckets
+from .sampling import Sampling, sample_seed, split_evenly
+
+
+def prepare_model_dir(model_cfg, tokenizer_path, out_dir, dtype: Optional[str] = None) -> Path:
+    """A vLLM-loadable directory without weights: ``config.json`` (from the bridge's
+    ModelConfig -> HF mapping, without MTP layers) and the tokenizer files."""
+    from transformers import AutoTokenizer
+
+    from r1mega.bridge import to_hf_config, write_hf_config
+    from r1mega.data.tokenizer import _tokenizer_dir
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(_tokenizer_dir(tokenizer_path)))
+    if len(tok) > model_cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tok)} tokens but model.vocab_size is {model_cfg.vocab_size}")
+    extra = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    if model_cfg.arch == "deepseek_v3":
+        extra["num_nextn_predict_layers"] = 0  # the rollout engine serves the main model only
+    write_hf_config(to_hf_config(model_cfg, dtype=dtype, extra=extra), out)
+    tok.save_pretrained(str(out))
+    return out
+
+
+class VllmEngine(RolloutEngine):
+    name = "vllm"
+
+    def __init__(self, model_cfg, rollout_cfg, tokenizer_path, max_model_len: int,
+                 model_dir: Optional[str] = None, sampling: Optional[Sampling] = None,
+                 bucket_mb: Optional[int] = None, **llm_overrides):
+        super().__init__(sampling or Sampling.from_config(rollout_cfg))
+        self.model_cfg, self.rollout_cfg = model_cfg, rollout_cfg
+        self.settings = vs.vllm_settings(rollout_cfg, model_cfg)
+        vs.apply_env(self.settings)
+        info = init_distributed()
+        os.environ.setdefault("LOCAL_RANK", str(info.local_rank))  # external_launcher reads it (plain python)
+        tp = rollout_cfg.tensor_parallel
+        if info.world_size % tp:
+            raise ValueError(f"rollout.tensor_parallel={tp} does not divide the world of {info.world_size} ranks")
+        self.tp, self.rank = tp, info.rank
+        self.replica, self.replicas = info.rank // tp, info.world_size // tp
+        self.leader = info.rank % tp == 0
+        self.bucket_bytes = (bucket_mb or rollout_cfg.refit_bucket_mb) << 20
+        self._own_dir = model_dir is None
+        self.model_dir = Path(model_dir or tempfile.mkdtemp(prefix=f"r1mega-vllm-r{info.rank}-"))
+        if self._own_dir:
+            atexit.register(shutil.rmtree, str(self.model_dir), True)
+        prepare_model_dir(model_cfg, tokenizer_path, self.model_dir)
+        kwargs = dict(
+            model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=model_cfg.params_dtype,
+            load_format="dummy", tensor_parallel_size=tp, distributed_executor_backend="external_launcher",
+            max_model_len=max_model_len, seed=rollout_cfg.seed, logprobs_mode="processed_logprobs",
+            generation_config="vllm", disable_log_stats=True, **self.settings.llm_kwargs)
+        kwargs.update(llm_overrides)
+        self.llm_kwargs = kwargs
+        from vllm import LLM
+
+        t0 = time.perf_counter()
+        with vs.preserve_process_state():
+            self.llm = LLM(**kwargs)
+        self.startup_seconds = time.perf_counter() - t0
+        self.tokenizer = self.llm.get_tokenizer()
+        self.sleeping: set = set()
+        self.last_refit: Optional[RefitStats] = None
+
+    @classmethod
+    def from_run_config(cls, cfg, **kw) -> "VllmEngine":
+        from r1mega.data.tokenizer import default_tokenizer_dir
+
+        tok = kw.pop("tokenizer_path", None) or cfg.data.tokenizer_path or default_tokenizer_dir()
+        max_len = kw.pop("max_model_len", None) or cfg.rollout.max_model_len or cfg.data.seq_length
+        return cls(cfg.model, cfg.rollout, tok, max_len, **kw)
+
+    # ----------------------------------------------------------------- sampling
+    def _params(self, s: Sampling, seed: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=1, max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+            top_k=s.top_k if s.top_k and s.top_k > 0 else 0, stop=list(s.stop) or None,
+            include_stop_str_in_output=s.include_stop_str_in_output, seed=seed, logprobs=0,
+            skip_special_tokens=True, spaces_between_special_tokens=False)
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: Optional[Sampling] = None,
+                 n: Optional[int] = None, gather: bool = True, step: Optional[int] = None) -> Rollouts:
+        s = self._resolve(sampling, n)
+        call = self._next_call(step)
+        self.wake_up()
+        t0 = time.perf_counter()
+        share = split_evenly(len(prompts), self.replicas, self.replica)
+        keys = [(i, j) for i in share for j in range(s.n)]
+        outs = self.llm.generate([{"prompt_token_ids": list(prompts[i])} for i, _ in keys],
+                                 [self._params(s, sample_seed(s.seed, call, i, j)) for i, j in keys],
+                                 use_tqdm=False) if keys else []
+        local = []
+        for (i, j), o in zip(keys, outs):
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            lps = [d[t].logprob for t, d in zip(ids, c.logprobs)] if c.logprobs is not None else []
+            local.append(Completion(i, j, ids, lps, c.text, c.finish_reason, c.stop_reason))
+        if gather:
+            groups = gather_shares([local[k * s.n:(k + 1) * s.n] for k in range(len(share))], share, self.leader,
+                                    len(prompts))
+            local = [c for g in groups for c in g]
+        return Rollouts([list(p) for p in prompts], s.n, local, time.perf_counter() - t0, self.name, s)
+
+    def prompt_logprobs(self, sequences: Sequence[Sequence[int]]) -> list:
+        from vllm import SamplingParams
+
+        self.wake_up()
+        share = split_evenly(len(sequences), self.replicas, self.replica)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        outs = self.llm.generate([{"prompt_token_ids": list(sequences[i])} for i in share], params,
+                                 use_tqdm=False) if len(share) else []
+        local = []
+        for i, o in zip(share, outs):
+            seq = sequences[i]
+            local.append([o.prompt_logprobs[t][seq[t]].logprob for t in range(1, len(seq))])
+        return gather_shares(local, share, self.leader, len(sequences))
+
+    # -------------------------------------------------------------------- refit
+    def update_weights(self, buckets: Iterable, transport: Optional[str] = None) -> RefitStats:
+        if "weights" in self.sleeping:
+            self.llm.wake_up(tags=["weights"])
+            self.sleeping.discard("weights")
+        self.last_refit = refit_vllm(self.llm, buckets, self.settings, transport=transport)
+        return self.last_refit
+
+    def refit(self, trainer_engine, transport: Optional[str] = None) -> RefitStats:
+        return self.update_weights(trainer_buckets(trainer_engine, self.bucket_bytes), transport=transport)
+
+    # ------------------------------------------------------------ sleep / wake
+    def sleep(self) -> None:
+        if self.settings.sleep_mode and not self.sleeping:
+            self.llm.sleep(level=self.settings.sleep_level)
+            self.sleeping = {"weights", "kv_cache"}
+
+    def wake_up(self) -> None:
+        if self.settings.sleep_mode and self.sleeping:
+            self.llm.wake_up(tags=sorted(self.sleeping))
+            self.sleeping = set()
+
+    def shutdown(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        del llm
+        if self._own_dir:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
