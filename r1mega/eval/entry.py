@@ -171,3 +171,10 @@ def main(cfg, args) -> int:
 
 
 __all__ = ["main", "evaluate", "pick_stage", "resolve_checkpoint", "build_engine", "output_dir", "check_lengths"]
+
+
+def run_stage(cfg, stage_name: str) -> dict:
+    """Pipeline hook (``kind: eval``): evaluate the stage's checkpoint; flat metrics for the manifest."""
+    summary = evaluate(cfg, stage_name) or {}
+    return {f"{bench}/{k}": float(v) for bench, row in summary.items() if isinstance(row, dict)
+            for k, v in row.items() if isinstance(v, (int, float))}

@@ -27,7 +27,7 @@ def _barrier() -> None:
 
 def _run_kind(cfg, stage) -> dict:
     kind = stage.kind
-    if kind in ("pretrain", "sft"):
+    if kind in ("pretrain", "sft", "distill"):
         from r1mega.train.entry import train_stage
 
         return train_stage(cfg, stage.name)
@@ -37,7 +37,6 @@ def _run_kind(cfg, stage) -> dict:
         return run_grpo_stage(cfg, stage.name)
     runners = {"rejection_sampling": "r1mega.pipeline.rejection:run_stage",
                "reward_model": "r1mega.pipeline.reward_model:run_stage",
-               "distill": "r1mega.pipeline.distill:run_stage",
                "eval": "r1mega.eval.entry:run_stage"}
     target = runners.get(kind)
     if target is None:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from r1mega.config.base import ConfigError
 
-TRAIN_KINDS = ("pretrain", "sft")
+TRAIN_KINDS = ("pretrain", "sft", "distill")  # distill = SFT of a (dense) student on teacher samples
 
 
 class StopFlag:
