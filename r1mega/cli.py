@@ -82,6 +82,9 @@ def _load(args, validate: bool = True, world_default: Optional[int] = 1):
 
 def _run_config_command(args) -> int:
     cfg, _ = _load(args)
+    from r1mega.platform.device import select
+
+    select(cfg.device)
     if args.command == "train":
         cfg.select_stage(args.stage)
     elif getattr(args, "stage", None):

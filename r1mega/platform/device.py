@@ -19,6 +19,18 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def select(name: str) -> None:
+    """Apply the run config's ``device`` ('auto', 'cpu' or 'cuda') before anything is built."""
+    if name == "cpu":
+        os.environ["R1MEGA_FORCE_CPU"] = "1"
+        has_cuda.cache_clear()
+        have_transformer_engine.cache_clear()
+    elif name == "cuda" and not has_cuda():
+        from r1mega.config.base import ConfigError
+
+        raise ConfigError("device", "'cuda' was asked for but CUDA is not available on this machine (use 'auto' or 'cpu')")
+
+
 def device() -> torch.device:
     """The device of this rank's model shard."""
     if has_cuda():
