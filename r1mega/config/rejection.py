@@ -18,6 +18,7 @@ class RejectionConfig:
     max_response_tokens: int = doc(256, "Reject responses longer than this many tokens (bounded length).")
     reject_code_blocks: bool = doc(True, "Reject reasoning responses that contain ``` code blocks.")
     nonreasoning_fraction: float = doc(0.25, "Share of non-reasoning examples in the output (R1: ~200k of ~800k).")
+    worked_solutions: int = doc(0, "Add this many templated worked solutions (train split, R1 format) to the output: the cold-start data of R1 stage 1 mixes them with the readable R1-Zero samples.")
     seed: int = doc(4321, "Seed of the prompt draw and the non-reasoning data.")
 
     def validate(self, where: str = "rejection") -> None:
@@ -27,4 +28,6 @@ class RejectionConfig:
         check_positive(self.temperature, f"{where}.temperature", allow_zero=True)
         check(0 < self.top_p <= 1, f"{where}.top_p", f"got {self.top_p!r}, expected 0 < top_p <= 1")
         check(0 <= self.min_language_consistency <= 1, f"{where}.min_language_consistency", "expected a value in [0, 1]")
+        check(isinstance(self.worked_solutions, int) and self.worked_solutions >= 0, f"{where}.worked_solutions",
+              f"got {self.worked_solutions!r}, expected an integer >= 0")
         check(0 <= self.nonreasoning_fraction < 1, f"{where}.nonreasoning_fraction", "expected a value in [0, 1)")

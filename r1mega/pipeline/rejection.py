@@ -91,6 +91,16 @@ def run_stage(cfg, stage_name: str) -> dict:
         item = items[c.prompt_index]
         rows.append({"prompt": item.text, "response": c.text.strip(), "source": "reasoning", "gold": item.gold, **item.meta})
     stats["accepted/reasoning"] = len(rows)
+    if rc.worked_solutions:
+        from r1mega.data.tasks import generate_problems
+
+        tasks = [t for t in cfg.data.tasks if t in ("arith", "word")] or ["arith", "word"]
+        for i, task in enumerate(tasks):
+            n = rc.worked_solutions // len(tasks) + (i < rc.worked_solutions % len(tasks))
+            for p in generate_problems(task, n, seed=rc.seed, split="train", difficulty=cfg.data.difficulties, unique=False):
+                rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution("en").strip(),
+                             "source": "worked_solution", "gold": p.answer, "task": task, "difficulty": p.difficulty})
+        stats["accepted/worked_solutions"] = rc.worked_solutions
     n_non = round(len(rows) * rc.nonreasoning_fraction / max(1e-9, 1 - rc.nonreasoning_fraction))
     for p in generate_nonreasoning(n_non, seed=rc.seed, split="train", difficulty=[1, 2], unique=False):
         rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution("en").strip(),
