@@ -18,18 +18,38 @@ from typing import Optional
 import yaml
 
 NAME = "manifest.json"
-# Fields that do not change what a stage computes.
-_IGNORED = {("logging",), ("checkpoint", "resume"), ("pipeline",)}
+
+# The config sections each stage kind reads (the parallel layout is left out: checkpoints reshard).
+SECTIONS = {
+    "pretrain": ("model", "optimizer", "data"),
+    "sft": ("model", "optimizer", "data"),
+    "distill": ("model", "optimizer", "data"),
+    "grpo": ("model", "optimizer", "data", "rollout", "grpo", "rewards"),
+    "rejection_sampling": ("model", "data", "rollout", "rewards", "rejection"),
+    "reward_model": ("model", "optimizer", "data", "rewards"),
+    "eval": ("model", "data", "rollout", "rewards", "eval"),
+}
+
+
+def _non_default(value, default):
+    """``value`` without the entries equal to ``default`` (so new fields with defaults change nothing)."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: _non_default(v, default.get(k)) for k, v in value.items() if v != default.get(k)}
+        return {k: v for k, v in out.items() if v != {}}
+    return value
 
 
 def config_hash(stage_cfg_dict: dict, stage: Optional[dict] = None) -> str:
-    """Hash of what determines a stage's result: its resolved run config (minus logging/resume
-    settings) and its own stage entry (kind, init_from, steps, overrides)."""
-    d = {k: v for k, v in stage_cfg_dict.items() if (k,) not in _IGNORED}
+    """Hash of what determines a stage's result: the non-default values of the config sections its kind
+    reads, and its own stage entry (kind, init_from, steps, overrides)."""
+    from r1mega.config.run import RunConfig
+
+    kind = (stage or {}).get("kind")
+    defaults = RunConfig().to_dict()
+    d = {k: _non_default(stage_cfg_dict.get(k), defaults.get(k)) for k in SECTIONS.get(kind, tuple(stage_cfg_dict))
+         if k in stage_cfg_dict}
     if stage is not None:
         d["stage"] = {k: stage.get(k) for k in ("name", "kind", "init_from", "steps", "overrides")}
-    if "checkpoint" in d:
-        d["checkpoint"] = {k: v for k, v in d["checkpoint"].items() if ("checkpoint", k) not in _IGNORED}
     return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,4 +1,5 @@
 """The readability filter of rejection sampling (R1 stage 3), on hand-made responses."""
+from pathlib import Path
 from r1mega.config.rejection import RejectionConfig
 from r1mega.pipeline.rejection import readability_reasons
 
@@ -24,3 +25,21 @@ def test_each_reason():
 def test_language_threshold_is_configurable():
     lenient = RejectionConfig(min_language_consistency=0.7)
     assert readability_reasons("x", 1, {**OK, "language": 0.8}, lenient) == []
+
+
+def test_manifest_hash_covers_only_what_the_stage_reads():
+    import dataclasses
+
+    from r1mega.config import load_config
+    from r1mega.pipeline.manifest import config_hash
+
+    def h(*overrides):
+        cfg = load_config(str(Path(__file__).resolve().parents[2] / "examples/tiny/demo.yaml"), list(overrides), validate=False)
+        st = cfg.stage("pretrain")
+        return config_hash(cfg.for_stage(st).to_dict(), dataclasses.asdict(st))
+
+    base = h()
+    # sections a pretrain stage never reads, logging and the (reshardable) layout do not matter
+    assert h("rejection.num_prompts=3", "grpo.group_size=4", "logging.tensorboard=false",
+             "parallel.tensor_parallel=2", "parallel.sequence_parallel=true") == base
+    assert h("optimizer.lr=1e-3") != base and h("pipeline.stages.pretrain.steps=7") != base
