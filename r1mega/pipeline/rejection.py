@@ -106,6 +106,12 @@ def run_stage(cfg, stage_name: str) -> dict:
         rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution("en").strip(),
                      "source": "nonreasoning", "gold": p.answer, "task": p.task})
     stats["accepted/nonreasoning"] = n_non
+    if not rows:
+        from r1mega.config.base import ConfigError
+
+        raise ConfigError(f"pipeline.stages[{stage.name}]", f"rejection sampling accepted 0 of {stats['candidates']} "
+                          f"candidates ({dict(stats)}); the model it samples from ({init}) solves too few prompts: "
+                          "train that stage longer, use easier data.difficulties, or add rejection.worked_solutions")
     random.Random(rc.seed).shuffle(rows)
     if not dist.is_initialized() or dist.get_rank() == 0:
         write_jsonl(out / "samples.jsonl", rows)

@@ -89,9 +89,12 @@ def _batches(cfg, stage, tok):
                                corpus=CorpusConfig(**cfg.data.corpus))
     rows = []
     for p in cfg.data.train_paths:
-        rows += read_jsonl(cfg.resolve_path(p), required=("prompt", "response"))
+        got = read_jsonl(cfg.resolve_path(p), required=("prompt", "response"))
+        if not got:
+            raise ConfigError("data.train_paths", f"{p} ({cfg.resolve_path(p)}) has no rows")
+        rows += got
     if not rows:
-        raise ConfigError("data.train_paths", f"stage {stage.name!r} (sft) needs prompt/response JSONL files")
+        raise ConfigError("data.train_paths", f"stage {stage.name!r} ({stage.kind}) needs prompt/response JSONL files")
     return SFTBatches(tok, rows, cfg.data.seq_length, o.global_batch_size, seed=cfg.data.seed)
 
 
