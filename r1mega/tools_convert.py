@@ -110,8 +110,24 @@ def _has_mtp(path: Path) -> bool:
 
 
 def _token_ids(tokenizer: Optional[str]) -> dict:
+    """bos/eos/pad ids for config.json, from tokenizer.json (fast) or transformers (fallback)."""
     if not tokenizer:
         return {}
+    import json
+
+    d = Path(tokenizer)
+    names = {}
+    for f in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (d / f).exists():
+            for k, v in json.loads((d / f).read_text()).items():
+                if k in ("bos_token", "eos_token", "pad_token") and v:
+                    names.setdefault(k, v["content"] if isinstance(v, dict) else v)
+    if (d / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        ids = {f"{k}_id": tok.token_to_id(v) for k, v in names.items()}
+        return {k: v for k, v in ids.items() if v is not None}
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import randomize, sequences, write_hf_dir  # noqa: E402
+from bridge_helpers import randomize, sequences, write_hf_dir  # noqa: E402
 
 from r1mega.bridge import export_hf_weights, hf_state_dict, load_hf_weights  # noqa: E402
 from r1mega.bridge.local import modules_of  # noqa: E402

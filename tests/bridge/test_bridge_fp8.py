@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from helpers import randomize
+from bridge_helpers import randomize
 from r1mega.bridge import hf_state_dict, load_hf_weights, read_hf_config, to_hf_config, write_hf_config
 from r1mega.bridge.fp8 import FP8, dequantize_blockwise, quantize_blockwise
 from r1mega.config.parallel import ParallelConfig
@@ -39,7 +39,7 @@ def _is_quantised(name: str, t: torch.Tensor) -> bool:
     return t.dim() == 2 and not any(k in name for k in ("embed_tokens", "lm_head", "shared_head.head", "mlp.gate.weight"))
 
 
-def test_import_tiny_fp8_checkpoint(tmp_path, megatron_world):
+def test_import_tiny_fp8_checkpoint(tmp_path):
     from r1mega.train.engine import TrainEngine
 
     m = get_preset("tiny", vocab_size=500)

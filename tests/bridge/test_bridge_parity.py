@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import hf_logprobs, randomize, sequences, write_hf_dir
+from bridge_helpers import hf_logprobs, randomize, sequences, write_hf_dir
 from r1mega.bridge import export_hf_weights, hf_state_dict, load_hf_weights
 from r1mega.bridge.local import modules_of
 from r1mega.config.parallel import ParallelConfig
@@ -33,7 +33,7 @@ def _engine(preset, over, mtp=False):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_logprobs_match_transformers(case, tmp_path, megatron_world):
+def test_logprobs_match_transformers(case, tmp_path):
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -52,7 +52,7 @@ def test_logprobs_match_transformers(case, tmp_path, megatron_world):
     assert ours[mask].std() > 0.5  # far from uniform: the comparison has teeth
 
 
-def test_single_rank_export_import_round_trip_and_buckets(megatron_world):
+def test_single_rank_export_import_round_trip_and_buckets():
     m, engine = _engine("tiny", dict(vocab_size=500), mtp=True)
     sd = hf_state_dict(engine, m, ParallelConfig(), include_mtp=True)
     assert sd["model.embed_tokens.weight"].shape == (500, 128)
@@ -80,7 +80,7 @@ def test_single_rank_export_import_round_trip_and_buckets(megatron_world):
     assert [n for n in live if not torch.equal(live[n], before[n])] == []
 
 
-def test_export_from_a_training_engine_follows_the_optimizer(megatron_world):
+def test_export_from_a_training_engine_follows_the_optimizer():
     """The refit path: a DDP-wrapped engine with the distributed optimizer exports its live weights."""
     from r1mega.algorithms import SFTLoss
     from r1mega.config.optimizer import OptimizerConfig
