@@ -11,11 +11,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def megatron_world():
-    """Megatron parallel_state for a world of one process (TP=PP=EP=1), set up once per session."""
+    """Megatron parallel_state for a world of one process (TP=PP=EP=1). Re-initialised when an earlier
+    in-process test (an engine, an entry point's teardown) destroyed or replaced it."""
+    from megatron.core import parallel_state as ps
+
     from r1mega.config.parallel import ParallelConfig
     from r1mega.platform.distributed import init_model_parallel
 
-    init_model_parallel(ParallelConfig(), seed=1234)
+    if not ps.model_parallel_is_initialized() or ps.get_tensor_model_parallel_world_size() != 1:
+        init_model_parallel(ParallelConfig(), seed=1234)
     yield

@@ -43,6 +43,11 @@ def _env_from_slurm() -> None:
     env.setdefault("MASTER_PORT", "29500")
 
 
+def _launched() -> bool:
+    """Started by torchrun (its agent hosts the store at MASTER_PORT) or by srun."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "SLURM_PROCID" in os.environ
+
+
 def dist_info() -> DistInfo:
     _env_from_slurm()
     return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -54,9 +59,11 @@ def init_distributed(timeout_minutes: int = 30) -> DistInfo:
     info = dist_info()
     if dist.is_initialized():
         return info
-    if info.world_size == 1:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if info.world_size == 1 and not _launched():
+        # A world of one started by plain python picks its own free port every time: an inherited
+        # MASTER_PORT (a parent process that set one, e.g. a test runner) may still be bound.
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(_free_port())
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
     if has_cuda():

@@ -21,7 +21,7 @@ def _batch(vocab: int, b: int = 4, s: int = 32, seed: int = 0):
     return ids, pos
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tiny(megatron_world):
     from r1mega.model.builder import build_model
 

@@ -30,8 +30,11 @@ CONFIG = {
 
 
 def _run(cfg_path: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "r1mega.cli", "run", str(cfg_path), *extra], capture_output=True,
-                          text=True, timeout=600, check=check, env={"PYTHONWARNINGS": "ignore", **__import__("os").environ})
+    proc = subprocess.run([sys.executable, "-m", "r1mega.cli", "run", str(cfg_path), *extra], capture_output=True,
+                          text=True, timeout=600, env={"PYTHONWARNINGS": "ignore", **__import__("os").environ})
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_pipeline_manifests_skip_and_refuse_changed(tmp_path):

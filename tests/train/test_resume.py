@@ -36,7 +36,8 @@ def _losses(run_dir: Path) -> dict[int, float]:
 def test_kill9_then_rerun_resumes_and_reproduces_losses(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
     full = tmp_path / "full"
-    subprocess.run(_cmd(full), env=env, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(_cmd(full), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     ref = _losses(full)
     assert sorted(ref) == list(range(1, 13))
 
@@ -51,7 +52,8 @@ def test_kill9_then_rerun_resumes_and_reproduces_losses(tmp_path):
     assert latest.read_text().strip() == "step_00000004"
     assert not (crash / "pretrain" / "checkpoints" / "step_00000012").exists()
 
-    rerun = subprocess.run(_cmd(crash), env=env, check=True, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(_cmd(crash), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed from step 4" in rerun.stdout
     got = _losses(crash)
     for step in range(5, 13):
