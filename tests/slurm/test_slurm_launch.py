@@ -56,7 +56,7 @@ def _real() -> Trainer:
     pytest.importorskip("r1mega.train.entry", reason="the real trainer (r1mega.train.entry) is not written yet")
     # Tiny CPU config, stage and command of the real trainer; override from the environment if they move.
     cmd = os.environ.get("R1MEGA_SLURM_TEST_CMD", f"{PY} -m r1mega.cli")
-    config = os.environ.get("R1MEGA_SLURM_TEST_CONFIG", str(REPO / "examples" / "tiny" / "demo.yaml"))
+    config = os.environ.get("R1MEGA_SLURM_TEST_CONFIG", str(REPO / "examples" / "tiny" / "pretrain.yaml"))
     stage = os.environ.get("R1MEGA_SLURM_TEST_STAGE", "pretrain")
     if not Path(config).exists():
         pytest.skip(f"tiny config {config} not found (set R1MEGA_SLURM_TEST_CONFIG)")
@@ -65,7 +65,10 @@ def _real() -> Trainer:
         cmd=cmd,
         config=lambda tmp: config,
         overrides=lambda run_dir, steps: [f"pipeline.run_dir={run_dir}", f"pipeline.stages.{stage}.steps={steps}",
-                                          f"pipeline.stages.{stage}.save_interval={steps}"],
+                                          f"pipeline.stages.{stage}.save_interval={steps}",
+                                          # 2 ranks (DP 2): a small batch that splits over them
+                                          "optimizer.micro_batch_size=2", "optimizer.global_batch_size=4",
+                                          "data.seq_length=64", "model.num_layers=2", "logging.tensorboard=false"],
         stage=stage,
         timeout_s=240,
     )
