@@ -47,13 +47,9 @@ class TrainEngine:
                  seed: int = 1234, mtp: Optional[bool] = None, total_steps: Optional[int] = None):
         """``optim=None`` builds a frozen, forward-only model (reference policy, teacher).
         ``mtp=False`` drops the MTP layers (RL and log-prob passes); the default follows the config."""
-        from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
         from megatron.core.utils import get_model_config
 
         init_model_parallel(parallel, seed)
-        # Megatron's MoE aux-loss tracker is process-global and sized by the first model that trains:
-        # a later engine with another layer count (e.g. MTP on/off) would index past it.
-        get_moe_layer_wise_logging_tracker().clear()
         self.model_cfg, self.parallel, self.optim_cfg = model, parallel, optim
         self.mtp = bool(model.num_nextn_predict_layers) if mtp is None else mtp
         chunks = build_model(model, parallel, mtp=self.mtp)
