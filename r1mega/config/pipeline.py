@@ -9,11 +9,23 @@ from .base import ConfigError, check, doc
 from .schema import suggest
 from .stage import StageConfig
 
+# Report roles (r1mega report): role -> the eval stage whose results stand for it (defaults: the demo's names).
+REPORT_ROLES = {"base": "eval_base", "r1_zero": "eval_r1_zero", "r1": "eval_r1", "student": "eval_student",
+                "student_base": "eval_student_base"}
+
 
 @dataclass
 class PipelineConfig:
     run_dir: Optional[str] = doc(None, "Directory of the whole run; each stage writes to <run_dir>/<stage name> (None = runs/<name>).")
     stages: list[StageConfig] = doc([], "Stages in the order they run.")
+    report: dict = doc({}, "r1mega report: which eval stage stands for each role (base, r1_zero, r1, student, "
+                           "student_base), e.g. {base: eval_pretrain}; merged over the defaults eval_base, "
+                           "eval_r1_zero, eval_r1, eval_student, eval_student_base; null drops a role.")
+
+    def report_roles(self) -> dict:
+        """{role: eval stage name}: the defaults with ``report`` applied (null values drop a role)."""
+        roles = {**REPORT_ROLES, **(self.report or {})}
+        return {k: v for k, v in roles.items() if v}
 
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
@@ -31,6 +43,12 @@ class PipelineConfig:
             stage.validate(f"{where}.stages[{stage.name or i}]")
             check(stage.name not in seen, f"{where}.stages[{i}].name", f"duplicate stage name {stage.name!r}")
             seen.add(stage.name)
+        check(isinstance(self.report, dict), f"{where}.report", f"got {self.report!r}, expected a mapping role: stage")
+        for role, name in self.report.items():
+            check(role in REPORT_ROLES, f"{where}.report.{role}", "unknown role; " + suggest(str(role), list(REPORT_ROLES), "roles"))
+            check(name is None or isinstance(name, str), f"{where}.report.{role}", f"got {name!r}, expected a stage name or null")
+            check(name is None or name in seen, f"{where}.report.{role}",
+                  f"no stage named {name!r}; " + suggest(str(name), sorted(seen), "stages"))
 
 
 def stage_dir(run_dir: str, stage: StageConfig) -> str:

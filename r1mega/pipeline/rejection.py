@@ -63,12 +63,17 @@ def run_stage(cfg, stage_name: str) -> dict:
     sampling = Sampling.from_config(cfg.rollout, n=rc.samples_per_prompt, temperature=rc.temperature,
                                     top_p=rc.top_p, seed=rc.seed)
     items = TaskPrompts(tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template, seed=rc.seed).batch(0, rc.num_prompts)
-    ro = engine.generate([i.ids for i in items], sampling, n=rc.samples_per_prompt)
-    samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type, gold=items[c.prompt_index].gold,
-                            prompt=items[c.prompt_index].text, response_tokens=len(c.token_ids),
-                            max_tokens=sampling.max_new_tokens) for c in ro.completions]
-    with RewardComputer(dataclasses.replace(cfg.rewards, preset="r1_stage2")) as computer:
-        _, _, comps = gather_rewards(computer, samples)
+    try:
+        ro = engine.generate([i.ids for i in items], sampling, n=rc.samples_per_prompt)
+        samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type, gold=items[c.prompt_index].gold,
+                                prompt=items[c.prompt_index].text, response_tokens=len(c.token_ids),
+                                max_tokens=sampling.max_new_tokens) for c in ro.completions]
+        with RewardComputer(dataclasses.replace(cfg.rewards, preset="r1_stage2")) as computer:
+            _, _, comps = gather_rewards(computer, samples)
+        if dist.is_initialized():
+            dist.barrier()
+    finally:
+        engine.shutdown()  # (vLLM: also ends the process group; only local work follows)
     stats: Counter = Counter()
     kept_per_prompt: dict[int, list[str]] = {}
     rows = []
@@ -113,10 +118,10 @@ def run_stage(cfg, stage_name: str) -> dict:
                           f"candidates ({dict(stats)}); the model it samples from ({init}) solves too few prompts: "
                           "train that stage longer, use easier data.difficulties, or add rejection.worked_solutions")
     random.Random(rc.seed).shuffle(rows)
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    from r1mega.platform.distributed import dist_info
+
+    if dist_info().rank == 0:  # every rank holds every row (rewards were gathered)
         write_jsonl(out / "samples.jsonl", rows)
         (out / "rejection_stats.json").write_text(json.dumps(dict(stats), indent=1))
-    if dist.is_initialized():
-        dist.barrier()
     return {"samples": len(rows), "accept_rate": stats["accepted/reasoning"] / max(1, stats["candidates"]),
             **{k: float(v) for k, v in stats.items()}}

@@ -52,6 +52,17 @@ def _run_kind(cfg, stage) -> dict:
     return func(cfg, stage.name)
 
 
+def _end_stage() -> None:
+    """A stage leaves no distributed state behind in a world of one: the next stage (another
+    model, another vLLM engine) starts from a clean process. Under torchrun/srun the world is kept
+    (a vLLM stage has already ended it: vLLM's engine shutdown destroys the default group, and the
+    next stage initialises it again)."""
+    from r1mega.platform.distributed import destroy, dist_info
+
+    if dist_info().world_size == 1:
+        destroy()
+
+
 def plan(cfg, only: list[str] | None = None) -> list[tuple]:
     """(stage, stage dir, config hash, action) for every stage: action is run/resume/skip; raises on
     a completed stage whose config changed."""
@@ -93,11 +104,18 @@ def run_pipeline(cfg, only: list[str] | None = None) -> dict:
         if _rank0():
             print(f"[r1mega] stage {st.name} ({st.kind}): {'resuming' if action == 'resume' else 'starting'}", flush=True)
             manifest.write(d, stage=st.name, kind=st.kind, status="running", config_hash=h,
-                           init_from=st.init_from, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                           init_from=st.init_from, started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
         _barrier()
         t = time.time()
-        metrics = _run_kind(cfg, st) or {}
+        try:
+            metrics = _run_kind(cfg, st) or {}
+        except BaseException as e:
+            if _rank0() and not isinstance(e, KeyboardInterrupt):
+                manifest.write(d, status="failed", error=f"{type(e).__name__}: {e}"[:2000],
+                               seconds=round(time.time() - t, 1))
+            raise
         _barrier()
+        _end_stage()
         if "stopped_at" in metrics:  # preempted: leave it 'running', the rerun resumes it
             return results
         if _rank0():
@@ -115,4 +133,19 @@ def main(cfg, args) -> int:
         run_pipeline(cfg, getattr(args, "only", None))
     finally:
         destroy()
+        _write_report(cfg)
     return 0
+
+
+def _write_report(cfg) -> None:
+    """The run's report (``r1mega report``), refreshed after every invocation, also a failed one; a
+    problem writing it is printed, never raised (the stages' results are what matters)."""
+    if not _rank0():
+        return
+    try:
+        from r1mega.report import write_report
+
+        path = write_report(cfg.run_dir, cfg)
+        print(f"[r1mega] report: {path}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"[r1mega] report not written: {type(e).__name__}: {e}", flush=True)

@@ -100,11 +100,20 @@ def init_model_parallel(parallel, seed: int = 1234) -> None:
 
 
 def destroy() -> None:
-    """Tear down Megatron groups and the default process group (tests, end of run)."""
+    """Tear down Megatron groups, vLLM's groups and the default process group (tests, end of run).
+
+    vLLM's groups go first: a live in-process vLLM engine otherwise tears them down from an exit
+    finalizer after the default group is gone ("ValueError: Invalid process group specified")."""
+    import sys
+
     from megatron.core import parallel_state as ps
 
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
+    vps = sys.modules.get("vllm.distributed.parallel_state")
+    if vps is not None:
+        vps.destroy_model_parallel()
+        vps.destroy_distributed_environment()  # also destroys the default group when vLLM shares it
     if dist.is_initialized():
         dist.destroy_process_group()
 

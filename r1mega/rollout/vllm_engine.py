@@ -173,7 +173,17 @@ class VllmEngine(RolloutEngine):
             self.sleeping = set()
 
     def shutdown(self) -> None:
+        """Stop the engine now. vLLM's in-process engine core tears down its groups *and the default
+        process group* when it stops; left to its garbage-collection finalizer that would happen at
+        a random later time (during the next pipeline stage), so it is done here, deterministically.
+        After this call the process group must be initialised again (the pipeline runner does)."""
         llm, self.llm = getattr(self, "llm", None), None
-        del llm
+        client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if client is not None and hasattr(client, "shutdown"):
+            client.shutdown()
+        del llm, client
+        import gc
+
+        gc.collect()
         if self._own_dir:
             shutil.rmtree(self.model_dir, ignore_errors=True)
