@@ -38,8 +38,13 @@ class ParallelConfig:
         check_int(self.expert_tensor_parallel, f"{where}.expert_tensor_parallel", allow_none=True)
         check_choice(self.moe_token_dispatcher, ("alltoall", "allgather"), f"{where}.moe_token_dispatcher")
         if self.virtual_pipeline is not None:
-            check(self.pipeline_parallel > 1 and self.virtual_pipeline >= 1, f"{where}.virtual_pipeline",
-                  "needs pipeline_parallel > 1 and a value >= 1")
+            vp = self.virtual_pipeline
+            check(isinstance(vp, int) and not isinstance(vp, bool) and vp >= 2, f"{where}.virtual_pipeline",
+                  f"got {vp!r}, expected an integer >= 2 (model chunks per pipeline rank; leave it null for "
+                  "the plain 1F1B schedule)")
+            check(self.pipeline_parallel > 1, f"{where}.virtual_pipeline",
+                  f"got {vp}, but pipeline_parallel={self.pipeline_parallel}; the interleaved schedule needs "
+                  "pipeline_parallel > 1 (or leave virtual_pipeline null)")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError(f"{where}.sequence_parallel", "needs tensor_parallel > 1")
         if world_size is None:

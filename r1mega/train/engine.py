@@ -12,6 +12,8 @@ reads. A loss is ``loss_fn(logprobs [b,S], microbatch) -> (loss, metrics)``; it 
 with the injected ``global_num_seqs`` / ``global_num_tokens`` so that the *sum* of its returns
 over all microbatches and data-parallel ranks is the global-batch loss. The engine undoes
 Megatron's own averaging (1/num_microbatches in the schedule, 1/DP in DDP) to honour that.
+A loss with ``needs_logits = True`` (logit distillation) also receives the microbatch's
+vocab-parallel logits as ``mb['logits']``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,16 @@ class TrainEngine:
         self.model_cfg, self.parallel, self.optim_cfg = model, parallel, optim
         self.mtp = bool(model.num_nextn_predict_layers) if mtp is None else mtp
         chunks = build_model(model, parallel, mtp=self.mtp)
-        self.config = get_model_config(chunks[0])
+        self.config = get_model_config(chunks[0])  # one config object, shared by every chunk
+        if parallel.virtual_pipeline:
+            # Interleaved schedule: with PP=2 a rank's previous and next stage are the same peer, and
+            # one batched p2p call both sends an activation and a gradient to it. Point-to-point
+            # messages between a pair of ranks match in posting order (gloo, NCCL), and
+            # _batched_p2p_ops posts send_prev before send_next but recv_prev before recv_next:
+            # activation and gradient (same shape) are silently swapped. Megatron's unbatched
+            # _p2p_ops orders them consistently (and uses a second group for PP=2), as Megatron-LM
+            # does by default with VPP (batch_p2p_comm = not overlap_p2p_comm).
+            self.config.batch_p2p_comm = False
         self.optimizer = self.scheduler = None
         if optim is None:
             for c in chunks:
@@ -135,13 +146,22 @@ class TrainEngine:
             return -output.float(), None
         return vocab_parallel_logprobs(output, mb["labels"], self.model_cfg.vocab_size, temperature, with_entropy)
 
+    def _with_logits(self, loss_fn, mb: dict, output) -> dict:
+        """A loss with ``needs_logits = True`` (logit distillation) also gets this microbatch's
+        vocab-parallel logits ``[b, S, V_local]`` (with gradient) as ``mb['logits']``."""
+        if not getattr(loss_fn, "needs_logits", False):
+            return mb
+        if self.mtp:
+            raise ValueError("a loss that reads the logits needs a model built with mtp=False")
+        return {**mb, "logits": output}
+
     def _run(self, batch: dict, loss_wrapper, forward_only: bool) -> list:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        mbs = self.optim_cfg.micro_batch_size if self.optim_cfg else batch["tokens"].size(0)
-        mbs = min(mbs, batch["tokens"].size(0))
-        batch = pad_batch(batch, rows_multiple=mbs, seq_multiple=self._seq_multiple())
+        mbs, n_micro = self._microbatch_layout(batch["tokens"].size(0))
+        batch = pad_batch(batch, rows_multiple=mbs * n_micro, seq_multiple=self._seq_multiple())
         mb_list = microbatches(batch, mbs)
+        assert len(mb_list) == n_micro, (len(mb_list), n_micro)
         iters = [iter(mb_list) for _ in self.chunks]
         return get_forward_backward_func()(
             forward_step_func=functools.partial(self._forward_step, loss_wrapper),
@@ -178,6 +198,7 @@ class TrainEngine:
             logprobs, entropy = self._token_logprobs(output, mb, temperature, with_entropy)
             if entropy is not None:
                 mb = {**mb, "entropy": entropy.detach()}
+            mb = self._with_logits(loss_fn, mb, output)
             loss, metrics = loss_fn(logprobs, mb)
             cp = self.parallel.context_parallel
             return loss * (n_micro * dp / cp), metrics
@@ -192,8 +213,27 @@ class TrainEngine:
         return StepStats(metrics, float(grad_norm or 0.0), float(lr), not ok)
 
     def _num_microbatches(self, batch: dict) -> int:
-        mbs = min(self.optim_cfg.micro_batch_size, batch["tokens"].size(0))
-        return -(-batch["tokens"].size(0) // mbs)
+        return self._microbatch_layout(batch["tokens"].size(0))[1]
+
+    def _microbatch_layout(self, rows: int) -> tuple[int, int]:
+        """``(micro_batch_size, num_microbatches)`` for ``rows`` sequences on this rank; the batch is
+        zero-padded (``loss_mask == 0``) to ``micro_batch_size * num_microbatches`` rows.
+
+        Training uses ``optimizer.micro_batch_size``; a frozen engine runs the whole batch as one
+        microbatch. The interleaved schedule (virtual pipeline) needs a multiple of PP microbatches
+        (Megatron groups PP consecutive microbatches per virtual stage): a frozen engine then splits
+        its batch in PP microbatches, and training adds all-padding microbatches up to the next
+        multiple (``check_batch`` refuses configs whose global batch needs that)."""
+        rows = max(1, rows)
+        mbs = max(1, min(self.optim_cfg.micro_batch_size if self.optim_cfg else rows, rows))
+        n = -(-rows // mbs)
+        if self.parallel.virtual_pipeline:
+            pp = self.parallel.pipeline_parallel
+            if self.optim_cfg is None:
+                mbs, n = -(-rows // pp), pp
+            else:
+                n = -(-n // pp) * pp
+        return mbs, n
 
     @torch.no_grad()
     def evaluate(self, batch: dict, loss_fn: LossFn) -> dict:
@@ -204,7 +244,7 @@ class TrainEngine:
 
         def loss_wrapper(mb, output):
             logprobs, _ = self._token_logprobs(output, mb, 1.0, False)
-            loss, metrics = loss_fn(logprobs, mb)
+            loss, metrics = loss_fn(logprobs, self._with_logits(loss_fn, mb, output))
             return loss, {**metrics, "loss": loss.detach().reshape(1)}
 
         stores, _ = self._run(batch, loss_wrapper, forward_only=True)

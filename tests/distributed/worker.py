@@ -3,6 +3,10 @@
     worker.py --layout tp=2,sp=1 --init DIR --out OUT.json [--save CKPT]
     worker.py --make-init DIR --out OUT.json              (world of 1: writes the step-0 weights)
     worker.py --load-eval CKPT --out OUT.json             (world of 1: eval loss of a checkpoint)
+
+``--logprobs-from CKPT`` also builds a frozen engine (optim None, MTP off) at the same layout, loads
+CKPT into it and records its per-token log-probs (and, at temperature 0.7, entropies) of the train batch
+and of a 3-sequence batch (a row count that splits unevenly into microbatches).
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ from r1mega.train.batching import dp_shard, lm_batch
 from r1mega.train.checkpoint import CheckpointManager
 from r1mega.train.engine import TrainEngine
 
-KEYS = {"tp": "tensor_parallel", "pp": "pipeline_parallel", "ep": "expert_parallel", "etp": "expert_tensor_parallel",
+KEYS = {"tp": "tensor_parallel", "pp": "pipeline_parallel", "vpp": "virtual_pipeline", "ep": "expert_parallel",
+        "etp": "expert_tensor_parallel", "first": "num_layers_in_first_pipeline_stage",
+        "last": "num_layers_in_last_pipeline_stage",
         "sp": "sequence_parallel", "dispatcher": "moe_token_dispatcher", "dist_opt": "distributed_optimizer"}
 
 
@@ -39,6 +45,16 @@ def batches():
     return train, evalb
 
 
+def frozen_logprobs(model, layout: ParallelConfig, ckpt: str, train: dict) -> dict:
+    """Log-probs of a frozen engine (the reference-policy / old-log-prob path), on every rank."""
+    frozen = TrainEngine(model, layout, None, seed=1234, mtp=False)
+    CheckpointManager(ckpt).load(frozen, load_optimizer=False)
+    odd = {k: v[:3] for k, v in train.items()}
+    lp_t, ent_t = frozen.logprobs(train, temperature=0.7, with_entropy=True)
+    return {"train": frozen.logprobs(train).tolist(), "train_t07": lp_t.tolist(), "entropy_t07": ent_t.tolist(),
+            "odd": frozen.logprobs(odd).tolist()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layout", default="")
@@ -46,6 +62,7 @@ def main() -> None:
     ap.add_argument("--make-init")
     ap.add_argument("--save")
     ap.add_argument("--load-eval")
+    ap.add_argument("--logprobs-from")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--model", default="", help="comma-separated preset overrides, e.g. num_nextn_predict_layers=0")
@@ -74,6 +91,8 @@ def main() -> None:
                   "eval": engine.evaluate(dp_shard(evalb, dp_rank, dp_size), SFTLoss())["sft/nll"]}
         if a.save:
             CheckpointManager(a.save).save(engine, a.steps)
+    if a.logprobs_from:
+        result["logprobs"] = frozen_logprobs(get_preset("tiny", **overrides), parse_layout(a.layout), a.logprobs_from, train)
     if not dist.is_initialized() or dist.get_rank() == 0:
         with open(a.out, "w") as f:
             json.dump(result, f)
