@@ -10,6 +10,7 @@ See docs/grpo.md.
 from .advantages import (advantage_metrics, degenerate_groups, dynamic_sampling_keep, group_advantages,
                          process_advantages)
 from .aggregation import aggregate_loss, local_normalisers, masked_token_sum
+from .bt_loss import BradleyTerryLoss, bradley_terry, pair_rewards
 from .distill_loss import distill_kl, distill_kl_per_token
 from .grpo_loss import GRPOLoss
 from .kl import kl_penalty
@@ -20,6 +21,7 @@ from .policy_loss import clipped_surrogate, importance_ratio, truncated_is_weigh
 from .sft_loss import SFTLoss
 
 __all__ = [
+    "BradleyTerryLoss", "bradley_terry", "pair_rewards",
     "GRPOLoss", "SFTLoss", "accumulate_metrics", "advantage_metrics", "aggregate_loss", "all_reduce_metrics",
     "clipped_surrogate", "degenerate_groups", "distill_kl", "distill_kl_per_token", "dynamic_sampling_keep",
     "entropy_from_logits", "finalize_metrics", "group_advantages", "importance_ratio", "kl_penalty",

@@ -20,7 +20,8 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
     check_choice(cfg.device, DEVICES, "device")
     cfg.model.validate("model")
     cfg.parallel.validate(world_size, "parallel")
-    for name in ("optimizer", "data", "rollout", "logging", "checkpoint", "grpo", "rewards", "rejection", "eval"):
+    for name in ("optimizer", "data", "rollout", "logging", "checkpoint", "grpo", "rewards", "rejection", "eval",
+                 "reward_model"):
         validate = getattr(getattr(cfg, name), "validate", None)
         if callable(validate):
             validate(name)
@@ -28,6 +29,8 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
     check_batch(cfg.optimizer, cfg.parallel, world_size)
     if stage is None or stage.generates:
         check_rollout(cfg, world_size, rl=stage is not None and stage.kind == "grpo")
+    if stage is not None and stage.kind == "grpo":
+        check_model_reward(cfg, stage, earlier)
     check_files(cfg, stage, earlier)
 
 
@@ -53,10 +56,24 @@ def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None
     middle_stages = pp - (first is not None) - (last is not None)
     check(middle_layers >= 0 and (middle_stages > 0 or middle_layers == 0), "parallel.num_layers_in_first_pipeline_stage",
           f"first={first} + last={last} layers do not fit model.num_layers={model.num_layers} over {pp} stages")
-    layers_per = max(1, middle_stages) * (par.virtual_pipeline or 1)
-    check(middle_layers % layers_per == 0, "parallel.pipeline_parallel",
+    for name, n in (("first", first), ("last", last)):
+        if n is not None:
+            check(n > 0, f"parallel.num_layers_in_{name}_pipeline_stage", f"got {n}, expected an integer > 0")
+    vp = par.virtual_pipeline or 1
+    stages = max(1, middle_stages)
+    check(middle_layers % stages == 0, "parallel.pipeline_parallel",
           f"{middle_layers} decoder layers (model.num_layers={model.num_layers} minus first/last-stage layers) do not "
-          f"split evenly over {max(1, middle_stages)} stages x VP {par.virtual_pipeline or 1} (equal layers per middle stage)")
+          f"split evenly over {stages} stages (equal layers per middle stage)")
+    check(middle_layers % (stages * vp) == 0, "parallel.virtual_pipeline",
+          f"{vp} does not divide the {middle_layers // stages} decoder layers of each pipeline stage "
+          f"(model.num_layers={model.num_layers} over {stages} stage{'s' if stages > 1 else ''}"
+          f"{' besides the first/last' if first or last else ''}): "
+          "every virtual stage needs the same whole number of layers")
+    for name, n in (("first", first), ("last", last)):
+        if n is not None:
+            check(n % vp == 0, "parallel.virtual_pipeline",
+                  f"{vp} does not divide parallel.num_layers_in_{name}_pipeline_stage={n} (every virtual stage of the "
+                  f"{name} pipeline stage needs the same whole number of layers)")
     if par.context_parallel > 1:
         check(seq_length % (2 * par.context_parallel) == 0, "parallel.context_parallel",
               f"data.seq_length={seq_length} is not divisible by 2*CP={2 * par.context_parallel} (load-balanced CP chunks)")
@@ -73,6 +90,12 @@ def check_batch(opt, par, world_size: Optional[int]) -> None:
     step = opt.micro_batch_size * dp
     check(opt.global_batch_size % step == 0, "optimizer.global_batch_size",
           f"{opt.global_batch_size} is not a multiple of micro_batch_size*DP = {opt.micro_batch_size}*{dp} = {step}")
+    if par.virtual_pipeline:
+        n, pp = opt.global_batch_size // step, par.pipeline_parallel
+        check(n % pp == 0, "optimizer.global_batch_size",
+              f"{opt.global_batch_size} gives {n} microbatches per step (global_batch_size / (micro_batch_size*DP) = "
+              f"{opt.global_batch_size}/{step}); the interleaved schedule (parallel.virtual_pipeline={par.virtual_pipeline}) "
+              f"needs a multiple of pipeline_parallel={pp}")
 
 
 def check_rollout(cfg, world_size: Optional[int], rl: bool) -> None:
@@ -94,6 +117,32 @@ def check_rollout(cfg, world_size: Optional[int], rl: bool) -> None:
     if rl and grpo_temp is not None:
         check(ro.temperature == grpo_temp, "rollout.temperature",
               f"{ro.temperature} differs from grpo.temperature={grpo_temp}; GRPO log-probs must use the sampling temperature")
+
+
+def check_model_reward(cfg, stage: StageConfig, earlier: Sequence[str]) -> None:
+    """RL with general (non-reasoning) prompts needs a reward model; 'stage:NAME' must be an earlier
+    reward_model stage."""
+    rw = cfg.rewards
+    ref = getattr(rw, "reward_model", None)
+    if "nonreasoning" in cfg.data.tasks and rw.uses_model("general") and not ref:
+        raise ConfigError("rewards.reward_model", "data.tasks has 'nonreasoning' (general prompts, scored by a reward "
+                          "model in all-scenario RL) but no reward model is set; add a reward_model stage and "
+                          "rewards.reward_model: stage:NAME (or drop 'nonreasoning' from data.tasks)")
+    if not ref:
+        return
+    sref = stage_ref(ref)
+    name = sref[0] if sref else ref
+    names = cfg.pipeline.names()
+    if sref or name in names:
+        if name not in earlier:
+            raise ConfigError("rewards.reward_model", f"{ref!r}: stage {name!r} "
+                              + ("does not run before this one" if name in names else "is not in the pipeline"))
+        kind = cfg.pipeline.get(name).kind
+        check(kind == "reward_model", "rewards.reward_model", f"{ref!r}: stage {name!r} is a {kind} stage, "
+              "expected a reward_model stage")
+    else:
+        check(os.path.exists(ref), "rewards.reward_model", f"checkpoint not found: {ref!r} (neither a path nor an "
+              "earlier stage)")
 
 
 def check_files(cfg, stage: Optional[StageConfig], earlier: Sequence[str]) -> None:

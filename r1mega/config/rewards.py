@@ -3,7 +3,11 @@
 A sample's total reward is ``sum(weight[c] * reward_c)`` over the components configured for its task
 type (``RewardsConfig.weights``, or the ``preset``), plus the optional DAPO-style overlong penalty.
 Components: ``accuracy`` (math-verify / multiple-choice letter / code tests in the sandbox /
-reasoning-gym scorer, by task type), ``format`` and ``language`` (consistency of the chain of thought).
+reasoning-gym scorer, by task type), ``format`` and ``language`` (consistency of the chain of thought),
+and ``model``: the score of a frozen Bradley-Terry reward model (``reward_model``, trained by a
+``reward_model`` stage), normalised as ``model_reward.normalize`` says. ``model`` is for the
+``general`` task type (helpfulness / non-reasoning prompts, which have no rule-verifiable answer);
+it is computed by the GRPO stage (a Megatron forward), not by the rule-reward pool.
 """
 from __future__ import annotations
 
@@ -12,14 +16,24 @@ from typing import Optional
 
 from .base import ConfigError, check, check_choice, check_positive, doc
 
-TASK_TYPES = ("math", "mcq", "code", "gym")
-COMPONENTS = ("accuracy", "format", "language")
+RULE_TASK_TYPES = ("math", "mcq", "code", "gym")
+GENERAL = "general"  # helpfulness / non-reasoning prompts: scored by the reward model
+TASK_TYPES = RULE_TASK_TYPES + (GENERAL,)
+COMPONENTS = ("accuracy", "format", "language", "model")
+MODEL_NORMALIZATIONS = ("sigmoid", "group_z", "raw")
 
 # R1-Zero: accuracy + format. R1 stage 2 (reasoning RL after cold start): + language consistency.
+# R1 stage 4 ("RL for all scenarios"): rule rewards for reasoning prompts, the reward model for general
+# ones (no format rule there: a simple query's R1 answer has an empty <think> </think>, which the strict
+# format check with require_nonempty scores 0; the reward model learned the format preference itself). Every preset scores general prompts with the reward model: a run whose prompts
+# include them (data.tasks has 'nonreasoning') must name one in rewards.reward_model.
 PRESETS: dict[str, dict[str, dict[str, float]]] = {
-    "r1_zero": {t: {"accuracy": 1.0, "format": 1.0} for t in TASK_TYPES},
-    "r1_stage2": {t: {"accuracy": 1.0, "format": 1.0, "language": 1.0} for t in TASK_TYPES},
-    "accuracy_only": {t: {"accuracy": 1.0} for t in TASK_TYPES},
+    "r1_zero": {**{t: {"accuracy": 1.0, "format": 1.0} for t in RULE_TASK_TYPES}, GENERAL: {"model": 1.0}},
+    "r1_stage2": {**{t: {"accuracy": 1.0, "format": 1.0, "language": 1.0} for t in RULE_TASK_TYPES},
+                  GENERAL: {"model": 1.0}},
+    "r1_all_scenario": {**{t: {"accuracy": 1.0, "format": 1.0, "language": 1.0} for t in RULE_TASK_TYPES},
+                        GENERAL: {"model": 1.0}},
+    "accuracy_only": {**{t: {"accuracy": 1.0} for t in RULE_TASK_TYPES}, GENERAL: {"model": 1.0}},
 }
 
 
@@ -167,9 +181,27 @@ class PoolConfig:
 
 
 @dataclass
+class ModelRewardConfig:
+    normalize: str = doc("sigmoid", "How a reward-model score s becomes the 'model' component: 'sigmoid' "
+                                    "(sigmoid(s / scale), in (0, 1) like accuracy: the Bradley-Terry probability of "
+                                    "beating a score-0 response), 'group_z' ((s - mean) / (std + 1e-6) over the "
+                                    "prompt's G samples) or 'raw' (s / scale).")
+    scale: float = doc(1.0, "Divides the score before 'sigmoid' / 'raw' (a temperature on the reward model's logits).")
+    batch_size: int = doc(64, "Sequences per reward-model forward pass on one data-parallel rank.")
+
+    def validate(self, where: str = "rewards.model_reward") -> None:
+        check_choice(self.normalize, MODEL_NORMALIZATIONS, f"{where}.normalize")
+        check_positive(self.scale, f"{where}.scale")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, f"{where}.batch_size",
+              f"got {self.batch_size!r}, expected an integer >= 1")
+
+
+@dataclass
 class RewardsConfig:
     preset: str = doc("r1_zero", "Component weights per task type: 'r1_zero' (accuracy+format), 'r1_stage2' "
-                                 "(+language), 'accuracy_only'. Ignored for task types listed in weights.")
+                                 "(+language), 'r1_all_scenario' (r1_stage2 for reasoning, the reward model for general prompts), "
+                                 "'accuracy_only'. General prompts get the reward model ('model') in every preset. "
+                                 "Ignored for task types listed in weights.")
     weights: dict = doc({}, "Per task type {component: weight}, e.g. {'math': {'accuracy': 1, 'format': 0.5}}; "
                             "overrides the preset for the task types it names.")
     format: FormatRewardConfig = doc(FormatRewardConfig(), "Format reward.")
@@ -179,6 +211,14 @@ class RewardsConfig:
     gym: GymRewardConfig = doc(GymRewardConfig(), "reasoning-gym tasks.")
     overlong: OverlongConfig = doc(OverlongConfig(), "DAPO-style soft overlong penalty.")
     pool: PoolConfig = doc(PoolConfig(), "Process pool the rewards run in.")
+    reward_model: Optional[str] = doc(None, "Frozen Bradley-Terry reward model for the 'model' component: 'stage:NAME' "
+                                            "(an earlier reward_model stage's latest checkpoint), or a checkpoint "
+                                            "directory. Needed when general prompts (data.tasks: nonreasoning) are in RL.")
+    model_reward: ModelRewardConfig = doc(ModelRewardConfig(), "How reward-model scores are normalised and batched.")
+
+    def uses_model(self, task_type: str) -> bool:
+        """Whether ``task_type``'s reward includes the reward-model component (non-zero weight)."""
+        return bool(self.task_weights(task_type).get("model", 0.0))
 
     def task_weights(self, task_type: str) -> dict[str, float]:
         """The {component: weight} used for ``task_type``."""
@@ -197,11 +237,14 @@ class RewardsConfig:
                 check_choice(comp, COMPONENTS, f"{where}.weights.{task_type}")
                 check(isinstance(w, (int, float)) and not isinstance(w, bool), f"{where}.weights.{task_type}.{comp}",
                       f"got {w!r}, expected a number")
+        check(self.reward_model is None or (isinstance(self.reward_model, str) and self.reward_model.strip() != ""),
+              f"{where}.reward_model", f"got {self.reward_model!r}, expected 'stage:NAME', a checkpoint path or null")
         for f in fields(self):
             sub = getattr(self, f.name)
             if hasattr(sub, "validate"):
                 sub.validate(f"{where}.{f.name}")
 
 
-__all__ = ["RewardsConfig", "FormatRewardConfig", "MathRewardConfig", "CodeRewardConfig", "LanguageRewardConfig",
+__all__ = ["RewardsConfig", "ModelRewardConfig", "RULE_TASK_TYPES", "GENERAL",
+           "MODEL_NORMALIZATIONS", "FormatRewardConfig", "MathRewardConfig", "CodeRewardConfig", "LanguageRewardConfig",
            "GymRewardConfig", "OverlongConfig", "PoolConfig", "PRESETS", "TASK_TYPES", "COMPONENTS", "ConfigError"]

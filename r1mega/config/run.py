@@ -11,12 +11,14 @@ from .base import ConfigError, doc
 from .checkpoint import CheckpointConfig
 from .checks import validate_run
 from .data import DataConfig
+from .distill import DistillConfig, check_distill_stage
 from .logging import LoggingConfig
 from .model import ModelConfig
 from .optimizer import OptimizerConfig
 from .parallel import ParallelConfig
 from .pipeline import PipelineConfig, stage_dir
 from .rejection import RejectionConfig
+from .reward_model import RewardModelConfig
 from .eval import EvalConfig
 from .rollout import RolloutConfig
 from .schema import build, deep_merge, to_dict
@@ -49,6 +51,8 @@ class RunConfig:
     checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpoint saving and resuming.")
     eval: EvalConfig = doc(EvalConfig(), "Evaluation: benchmarks, samples per question (k), sampling (R1: T 0.6, top-p 0.95).")
     rejection: RejectionConfig = doc(RejectionConfig(), "Rejection sampling (R1 stage 3): which RL samples become SFT data.")
+    reward_model: RewardModelConfig = doc(RewardModelConfig(), "Bradley-Terry reward model stage (kind reward_model): preference pairs, score tokens, objective.")
+    distill: DistillConfig = doc(DistillConfig(), "Logit distillation in distill stages (teacher, alpha, temperature); alpha 0 = plain SFT.")
     pipeline: PipelineConfig = doc(PipelineConfig(), "The ordered stages and the run directory.")
 
     @property
@@ -101,11 +105,16 @@ class RunConfig:
         stages = self.pipeline.stages
         if not stages:
             validate_run(self, world_size)
+            self.distill.validate("distill")
             return
         for i, st in enumerate(stages):
             resolved = self.for_stage(st)
+            earlier = [s.name for s in stages[:i]]
             try:
-                validate_run(resolved, world_size, st, [s.name for s in stages[:i]])
+                validate_run(resolved, world_size, st, earlier)
+                resolved.distill.validate("distill")
+                if st.kind == "distill":
+                    check_distill_stage(self, resolved, st, earlier, world_size)
             except ConfigError as e:
                 raise ConfigError(f"stage '{st.name}': {e.where}", e.message) from None
 

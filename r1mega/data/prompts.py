@@ -18,12 +18,17 @@ class PromptItem:
 
 
 REASONING = ("arith", "word")
+GENERAL_TASKS = ("nonreasoning",)  # helpfulness requests: task type 'general', scored by a reward model
 
 
 class TaskPrompts:
     def __init__(self, tokenizer, tasks: list[str], difficulties: list[int], template: str = "r1_zero",
-                 seed: int = 0, split: str = "train"):
+                 seed: int = 0, split: str = "train", general: bool = False):
+        """``general=True`` also draws the non-reasoning requests named in ``tasks`` ('nonreasoning'), as task
+        type 'general' (all-scenario RL); tasks are drawn uniformly. Without it only reasoning tasks are used."""
         names = [t for t in tasks if t in REASONING] or list(REASONING)
+        if general:
+            names += [t for t in tasks if t in GENERAL_TASKS]
         self.tok, self.template, self.seed, self.split = tokenizer, template, seed, split
         self.tasks = {t: 1.0 for t in names}
         self.levels = {d: 1.0 for d in difficulties}
@@ -35,7 +40,7 @@ class TaskPrompts:
         out = []
         for p in stream:
             text = render(self.template, p.prompt)
-            out.append(PromptItem(text, self.tok.encode(text), p.answer, "math",
+            out.append(PromptItem(text, self.tok.encode(text), p.answer, "math" if p.task in REASONING else "general",
                                   {"id": p.id, "task": p.task, "difficulty": p.difficulty}))
             if len(out) == n:
                 return out

@@ -98,9 +98,15 @@ class GRPOStage:
         vllm = cfg.rollout.engine == "vllm"  # (the Megatron engine generates with the policy itself)
         self.rollout = make_engine(cfg, self.policy, **({"load_trainer_weights": True} if vllm else {}))
         self.rewards = RewardComputer(cfg.rewards)
+        # All-scenario RL: a frozen Bradley-Terry reward model scores the general (helpfulness) prompts.
+        self.model_reward = None
+        if cfg.rewards.reward_model:
+            from r1mega.rewards.model_reward import ModelRewardScorer
+
+            self.model_reward = ModelRewardScorer.from_run_config(cfg, self.tok)
         self.loss = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens)
         self.prompts = TaskPrompts(self.tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
-                                   seed=cfg.data.seed)
+                                   seed=cfg.data.seed, general=True)
 
     # ------------------------------------------------------------------ pieces
     def _samples(self, items, rollouts) -> list:
@@ -128,8 +134,11 @@ class GRPOStage:
             ro = self.rollout.generate([b.ids for b in batch_items], self.sampling, n=self.G)
             t_roll += time.time() - t
             t = time.time()
-            totals, cnt, comps = gather_rewards(self.rewards, self._samples(batch_items, ro))
+            samples = self._samples(batch_items, ro)
+            totals, cnt, comps = gather_rewards(self.rewards, samples)
+            totals, comps, mcnt = self._model_rewards(samples, totals, comps)
             t_rew += time.time() - t
+            cnt = {**cnt, **mcnt}
             for k, v in cnt.items():
                 counters[k] = counters.get(k, 0) + v
             keep = list(range(len(batch_items)))
@@ -149,6 +158,37 @@ class GRPOStage:
 
         ro = Rollouts(prompts, self.G, completions)
         return items, ro, rewards_all, comps_all, counters, t_roll, t_rew
+
+    def _model_rewards(self, samples: list, totals: list, comps: list) -> tuple[list, list, dict]:
+        """The reward-model component of the samples whose task type uses it (collective: every rank
+        holds the same samples; each data-parallel rank scores its share, see score_sequences)."""
+        from r1mega.rewards.model_reward import apply_model_rewards
+
+        rc = self.cfg.rewards
+        if not any(rc.uses_model(s.task_type) for s in samples):
+            return totals, comps, {}
+        if self.model_reward is None:
+            raise ConfigError("rewards.reward_model", "general (non-reasoning) prompts are scored by a reward model, "
+                              "but none is set; add a reward_model stage and rewards.reward_model: stage:NAME")
+        totals, comps, m = apply_model_rewards(rc, samples, totals, comps, self.model_reward, self.G)
+        return totals, comps, m
+
+    def _reward_metrics(self, items, ro, r: torch.Tensor, comps: list) -> dict:
+        """Reward means by component (over the samples whose task type has that component) and by task type."""
+        rc = self.cfg.rewards
+        types = [items[c.prompt_index].task_type for c in ro.completions]
+        out: dict = {}
+        names = sorted({k for c in comps for k in c})
+        for k in names:
+            base = k[:-4] if k.endswith("_raw") else k
+            vals = [c[k] for c, t in zip(comps, types) if k in c and base in rc.task_weights(t)]
+            if vals:
+                out[f"reward/{k}"] = sum(vals) / len(vals)
+        for t in sorted(set(types)):
+            sel = [i for i, x in enumerate(types) if x == t]
+            out[f"reward/total/{t}"] = float(r[sel].mean())
+            out[f"prompts/{t}_frac"] = len(sel) / len(types)
+        return out
 
     def _shard(self, batch: dict) -> dict:
         from r1mega.train.batching import dp_shard
@@ -203,7 +243,7 @@ class GRPOStage:
             _copy_weights(self.policy, self.ref)
             self.ref_ckpt.save(self.ref, it + 1)
         lengths = torch.tensor([len(c.token_ids) for c in ro.completions], dtype=torch.float32)
-        comp_means = {f"reward/{k}": sum(c.get(k, 0.0) for c in comps) / len(comps) for k in (comps[0] if comps else {})}
+        comp_means = self._reward_metrics(items, ro, r, comps)
         dt = time.time() - t0
         m = {"reward/total": float(r.mean()), **comp_means, "accuracy": comp_means.get("reward/accuracy", float("nan")),
              "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
@@ -230,8 +270,8 @@ class GRPOStage:
         try:
             for it in range(self.start, steps):
                 last = self.iteration(it)
-                log.log(it + 1, last, console=["reward/total", "accuracy", "reward/format", "response/length_mean",
-                                               "train/kl/k3", "tokens_per_s"])
+                log.log(it + 1, last, console=["reward/total", "accuracy", "reward/format", "reward/model",
+                                               "response/length_mean", "train/kl/k3", "tokens_per_s"])
                 if (interval and (it + 1) % interval == 0) or it + 1 == steps:
                     self.ckpt.save(self.policy, it + 1, extra={"stage": self.stage.name})
                 elif stop.should_stop():
@@ -240,6 +280,7 @@ class GRPOStage:
         finally:
             log.close()
             self.rewards.close()
+            self.rollout.shutdown()
         return last
 
 

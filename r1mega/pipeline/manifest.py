@@ -23,10 +23,10 @@ NAME = "manifest.json"
 SECTIONS = {
     "pretrain": ("model", "optimizer", "data"),
     "sft": ("model", "optimizer", "data"),
-    "distill": ("model", "optimizer", "data"),
+    "distill": ("model", "optimizer", "data", "distill"),
     "grpo": ("model", "optimizer", "data", "rollout", "grpo", "rewards"),
     "rejection_sampling": ("model", "data", "rollout", "rewards", "rejection"),
-    "reward_model": ("model", "optimizer", "data", "rewards"),
+    "reward_model": ("model", "optimizer", "data", "reward_model"),
     "eval": ("model", "data", "rollout", "rewards", "eval"),
 }
 

@@ -4,6 +4,8 @@ Per sample, the components configured for its task type are computed and combine
 
     total = sum_c weight[c] * reward_c  +  overlong.weight * overlong_penalty     (if overlong.enabled)
 
+The ``model`` component (reward-model score) is not computed here: the GRPO stage adds it with
+:func:`r1mega.rewards.model_reward.apply_model_rewards` (its weight is left out of ``totals`` here).
 Cheap components (format, overlong, choice letters) run in this process; math-verify, language consistency,
 code tests (sandbox) and reasoning-gym scorers run in the :class:`~r1mega.rewards.pool.WorkerPool` with a hard
 per-call timeout. Nothing a sample contains can make :meth:`RewardComputer.score` raise: a component that
@@ -205,6 +207,8 @@ class RewardComputer:
             targets.append((i, comp))
         elif comp == "accuracy":
             self._plan_accuracy(i, s, put, fail, tasks, targets)
+        elif comp == "model":
+            pass  # the reward model's score: a Megatron forward the caller runs (r1mega.rewards.model_reward)
         else:
             raise ValueError(f"unknown component {comp!r}")
 

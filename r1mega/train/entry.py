@@ -20,7 +20,8 @@ import torch.distributed as dist
 
 from r1mega.config.base import ConfigError
 
-TRAIN_KINDS = ("pretrain", "sft", "distill")  # distill = SFT of a (dense) student on teacher samples
+TRAIN_KINDS = ("pretrain", "sft", "distill")  # distill = SFT of a (dense) student on teacher samples,
+# plus optional logit distillation from a frozen teacher (distill.alpha > 0, see r1mega/train/distill.py)
 
 
 class StopFlag:
@@ -98,6 +99,27 @@ def _batches(cfg, stage, tok):
     return SFTBatches(tok, rows, cfg.data.seq_length, o.global_batch_size, seed=cfg.data.seed)
 
 
+def build_teacher(cfg, stage):
+    """The frozen teacher of a ``distill`` stage with ``distill.alpha > 0`` (built before the student,
+    so the student's initialisation is the same as without a teacher)."""
+    from r1mega.config.distill import teacher_stage_name
+    from r1mega.train.distill import Teacher
+
+    d = cfg.distill
+    d.validate_for_stage("distill")
+    name = teacher_stage_name(d.teacher, cfg.pipeline.names() if cfg.pipeline.stages else [])
+    try:
+        path = resolve_init_checkpoint(cfg, name if name is not None else cfg.resolve_path(d.teacher))
+    except ConfigError as e:
+        raise ConfigError("distill.teacher", e.message) from None
+    teacher = Teacher(path, cfg.model, cfg.parallel, seed=cfg.data.seed, name=d.teacher)
+    if _rank0():
+        m = teacher.model_cfg
+        print(f"[r1mega] {stage.name}: logit distillation from {d.teacher} ({path}; {m.preset or m.arch}, "
+              f"{m.num_layers} layers) alpha={d.alpha} T={d.temperature}", flush=True)
+    return teacher
+
+
 def _eval_batch(cfg, tok):
     from r1mega.data.batches import PretrainBatches
 
@@ -121,7 +143,11 @@ def train_stage(cfg, stage_name: Optional[str] = None) -> dict:
     out = Path(cfg.stage_dir(stage))
     out.mkdir(parents=True, exist_ok=True)
     steps = stage.steps
-    engine = TrainEngine(cfg.model, cfg.parallel, cfg.optimizer, seed=cfg.data.seed, total_steps=steps)
+    kd = stage.kind == "distill" and cfg.distill.enabled
+    teacher = build_teacher(cfg, stage) if kd else None
+    # Logit distillation reads the student's logits: build it without MTP (its MTP loss is dropped).
+    engine = TrainEngine(cfg.model, cfg.parallel, cfg.optimizer, seed=cfg.data.seed, total_steps=steps,
+                         **({"mtp": False} if kd else {}))
     tok = load_tokenizer_for(cfg, out)
     ckpt = CheckpointManager(out / "checkpoints", keep_last=cfg.checkpoint.keep_last or 0)
     start = 0
@@ -139,7 +165,11 @@ def train_stage(cfg, stage_name: Optional[str] = None) -> dict:
     data = _batches(cfg, stage, tok)
     evalb = _eval_batch(cfg, tok)
     dp_rank, dp_size = engine.dp_rank_size()
-    loss = SFTLoss("token-mean")
+    loss = eval_loss = SFTLoss("token-mean")
+    if kd:
+        from r1mega.train.distill import LogitDistillLoss
+
+        loss = LogitDistillLoss(cfg.distill.alpha, cfg.distill.temperature, teacher, cfg.model.vocab_size)
     log = MetricLogger(str(out), cfg.logging.jsonl_path, cfg.logging.tensorboard_dir, cfg.logging.tensorboard,
                        cfg.logging.progress_bar, total=steps, initial=start, enabled=_rank0(), desc=stage.name)
     stop = StopFlag()
@@ -155,8 +185,13 @@ def train_stage(cfg, stage_name: Optional[str] = None) -> dict:
             dt = time.time() - t0
             final = {"loss": st.metrics.get("sft/nll"), "grad_norm": st.grad_norm, "lr": st.lr,
                      "tokens_per_s": float(batch["loss_mask"].sum()) / dt, "step_time": dt}
+            console = ["loss", "grad_norm", "lr", "tokens_per_s"]
+            if kd:  # total objective, its CE and KD terms (token means over the response tokens)
+                final.update(loss=st.metrics.get("distill/loss"), ce=st.metrics.get("distill/ce"),
+                             kd=st.metrics.get("distill/kd"))
+                console[1:1] = ["ce", "kd"]
             if step % max(1, cfg.logging.log_interval) == 0 or step == steps:
-                log.log(step, final, console=["loss", "grad_norm", "lr", "tokens_per_s"])
+                log.log(step, final, console=console)
             if (interval and step % interval == 0) or step == steps:
                 ckpt.save(engine, step, extra={"stage": stage.name})
             elif stop.should_stop():
@@ -164,7 +199,7 @@ def train_stage(cfg, stage_name: Optional[str] = None) -> dict:
                 if _rank0():
                     print(f"[r1mega] {stage.name}: stop requested, saved step {step}, exiting", flush=True)
                 return {"stopped_at": step, **final}
-        ev = engine.evaluate(dp_shard(evalb, dp_rank, dp_size), loss)
+        ev = engine.evaluate(dp_shard(evalb, dp_rank, dp_size), eval_loss)
         final["eval_loss"] = ev.get("sft/nll")
         log.log(step, {"eval_loss": final["eval_loss"]}, console=["eval_loss"])
     finally:
