@@ -79,8 +79,13 @@ def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSett
         if rollout.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = rollout.kv_cache_memory_bytes
         return VllmSettings("cuda", kwargs, env, sleep_mode=rollout.enable_sleep_mode, cuda_ipc=True)
+    # Chunked prefill off: with it, vLLM-CPU discards the token sampled for a partially prefilled
+    # request by rewinding that request's generator, and seeded requests (ours: one seed per sample)
+    # have CPU generators -> "RuntimeError: CPU Generator does not use offset" mid-generation (dense
+    # models, once a batch's prompts exceed one step's token budget; vLLM-CPU already turns chunked
+    # prefill off for MLA models). The step budget must then hold a whole prompt: see VllmEngine.
     kwargs = dict(kv_cache_memory_bytes=rollout.kv_cache_memory_bytes or CPU_DEFAULT_KV_CACHE_BYTES,
-                  enforce_eager=True)
+                  enforce_eager=True, enable_chunked_prefill=False)
     if model_cfg.arch == "deepseek_v3":
         # vLLM-CPU's C++ rotary kernel corrupts MLA's strided q/k rope slices (see module docstring).
         kwargs["compilation_config"] = dict(CPU_MLA_ROTARY_FIX)

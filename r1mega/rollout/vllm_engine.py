@@ -83,6 +83,8 @@ class VllmEngine(RolloutEngine):
             load_format="dummy", tensor_parallel_size=tp, distributed_executor_backend="external_launcher",
             max_model_len=max_model_len, seed=rollout_cfg.seed, logprobs_mode="processed_logprobs",
             generation_config="vllm", disable_log_stats=True, **self.settings.llm_kwargs)
+        if kwargs.get("enable_chunked_prefill") is False:  # a step must fit the longest prompt
+            kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
         kwargs.update(llm_overrides)
         self.llm_kwargs = kwargs
         from vllm import LLM

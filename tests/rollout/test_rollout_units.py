@@ -231,6 +231,8 @@ def test_cpu_settings_deepseek_keeps_the_rotary_fix():
     dense = vs.vllm_settings(RolloutConfig(kv_cache_memory_bytes=1 << 20), get_preset("tiny-dense"), on_gpu=False)
     assert "compilation_config" not in dense.llm_kwargs and dense.llm_kwargs["kv_cache_memory_bytes"] == 1 << 20
     assert not dense.moe_repack_after_reload
+    # chunked prefill rewinds seeded CPU generators ("CPU Generator does not use offset"): always off on CPU
+    assert s.llm_kwargs["enable_chunked_prefill"] is False and dense.llm_kwargs["enable_chunked_prefill"] is False
 
 
 def test_gpu_settings_memory_fraction_and_sleep():
