@@ -13,6 +13,9 @@ class RejectionConfig:
     temperature: float = doc(0.7, "Sampling temperature for the candidates.")
     top_p: float = doc(0.95, "Nucleus sampling for the candidates.")
     max_per_prompt: int = doc(2, "Keep at most this many distinct accepted answers per prompt.")
+    require_correct: bool = doc(True, "Keep only correct answers (rejection sampling). False keeps the model's own answers whatever "
+                                      "their correctness (readability filters still apply): the baseline 'student trained on the "
+                                      "base model's own samples'.")
     min_language_consistency: float = doc(1.0, "Reject a chain of thought whose target-language share is below this (R1: no language mixing).")
     max_paragraph_chars: int = doc(400, "Reject responses with a paragraph (text between blank lines) longer than this.")
     max_response_tokens: int = doc(256, "Reject responses longer than this many tokens (bounded length).")
@@ -25,6 +28,7 @@ class RejectionConfig:
         for name in ("num_prompts", "samples_per_prompt", "max_per_prompt", "max_paragraph_chars", "max_response_tokens"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{where}.{name}",
                   f"got {getattr(self, name)!r}, expected an integer >= 1")
+        check(isinstance(self.require_correct, bool), f"{where}.require_correct", f"got {self.require_correct!r}, expected true or false")
         check_positive(self.temperature, f"{where}.temperature", allow_zero=True)
         check(0 < self.top_p <= 1, f"{where}.top_p", f"got {self.top_p!r}, expected 0 < top_p <= 1")
         check(0 <= self.min_language_consistency <= 1, f"{where}.min_language_consistency", "expected a value in [0, 1]")

@@ -34,6 +34,38 @@ def readability_reasons(text: str, n_tokens: int, comps: dict, rc) -> list[str]:
     return reasons
 
 
+def select_samples(completions, comps: list, items: list, rc) -> tuple[list, Counter]:
+    """The rows rejection sampling keeps from ``completions`` (``comps``: their reward components,
+    ``items``: the prompts they answer) and per-reason counts: correct (unless ``rc.require_correct``
+    is off), readable (:func:`readability_reasons`), distinct, at most ``rc.max_per_prompt`` per prompt."""
+    stats: Counter = Counter()
+    kept_per_prompt: dict[int, list[str]] = {}
+    rows = []
+    for c, comp in zip(completions, comps):
+        stats["candidates"] += 1
+        incorrect = comp.get("accuracy", 0.0) < 1.0
+        if incorrect and rc.require_correct:
+            stats["rejected/incorrect"] += 1
+            continue
+        reasons = readability_reasons(c.text, len(c.token_ids), comp, rc)
+        if reasons:
+            for r in reasons:
+                stats[f"rejected/{r}"] += 1
+            continue
+        seen = kept_per_prompt.setdefault(c.prompt_index, [])
+        norm = " ".join(c.text.split())
+        if norm in seen or len(seen) >= rc.max_per_prompt:
+            stats["rejected/duplicate_or_cap"] += 1
+            continue
+        seen.append(norm)
+        item = items[c.prompt_index]
+        rows.append({"prompt": item.text, "response": c.text.strip(), "source": "reasoning", "gold": item.gold,
+                     "correct": not incorrect, **item.meta})
+        stats["accepted/incorrect"] += incorrect
+    stats["accepted/reasoning"] = len(rows)
+    return rows, stats
+
+
 def run_stage(cfg, stage_name: str) -> dict:
     from r1mega.data.prompts import TaskPrompts
     from r1mega.data.tasks import generate_nonreasoning
@@ -74,28 +106,7 @@ def run_stage(cfg, stage_name: str) -> dict:
             dist.barrier()
     finally:
         engine.shutdown()  # (vLLM: also ends the process group; only local work follows)
-    stats: Counter = Counter()
-    kept_per_prompt: dict[int, list[str]] = {}
-    rows = []
-    for c, comp in zip(ro.completions, comps):
-        stats["candidates"] += 1
-        if comp.get("accuracy", 0.0) < 1.0:
-            stats["rejected/incorrect"] += 1
-            continue
-        reasons = readability_reasons(c.text, len(c.token_ids), comp, rc)
-        if reasons:
-            for r in reasons:
-                stats[f"rejected/{r}"] += 1
-            continue
-        seen = kept_per_prompt.setdefault(c.prompt_index, [])
-        norm = " ".join(c.text.split())
-        if norm in seen or len(seen) >= rc.max_per_prompt:
-            stats["rejected/duplicate_or_cap"] += 1
-            continue
-        seen.append(norm)
-        item = items[c.prompt_index]
-        rows.append({"prompt": item.text, "response": c.text.strip(), "source": "reasoning", "gold": item.gold, **item.meta})
-    stats["accepted/reasoning"] = len(rows)
+    rows, stats = select_samples(ro.completions, comps, items, rc)
     if rc.worked_solutions:
         from r1mega.data.tasks import generate_problems
 
