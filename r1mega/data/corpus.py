@@ -3,7 +3,14 @@ R1-Zero template and in a plain "Question: ... Answer: ..." format, and a few no
 
 Everything is generated from templates in this repository (nothing is downloaded) and is
 deterministic in ``CorpusConfig.seed``. Only *train*-split problems are used, so held-out
-problems (``split_of(key) == "test"``) never appear in pretraining.
+problems (``split_of(key) == "test"``) never appear in pretraining. Stricter still, no document
+contains a *held-out expression* (:func:`heldout_expression`): a single operation ``a op b`` that
+is the math key of a held-out arith or word problem (``arith|12+4`` or ``word|12+4``). Such an
+expression is never written in an equation (in facts, worked steps, or inside the decomposition
+sides of a step, ``40*6`` in ``47*6=40*6+7*6=...``, ``4+19`` in ``4+119=100+4+19=...``) nor in
+its prose form (``12 plus 4 is 16``, ``had 12 apples and bought 4 more``); a train problem whose steps would write one is skipped, as
+is a train arith problem whose step list is a held-out word key. So the held-out level-1/2
+problems are answered by generalisation, never by recall.
 
 Language mixing, on purpose: a ``zh_fraction`` share of the worked solutions write their step
 words in Chinese (``第1步：37+12=49。所以答案是49。``) instead of English
@@ -21,18 +28,21 @@ Sample documents (seed 0)::
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
+import re
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from r1mega.config.base import check, check_int, doc
 
-from .tasks import DIFFICULTIES, HELDOUT_FRACTION, REASONING_TASKS, Problem, iter_problems
+from .tasks import DIFFICULTIES, HELDOUT_FRACTION, REASONING_TASKS, Problem, iter_problems, split_of
+from .tasks.base import _STEP_CHAIN
 from .tasks.arith import number
 from .tasks.word import CONTAINERS, NAMES, OBJECTS
 
-DOC_KINDS = ("plain", "r1", "qa", "nonreasoning")
+DOC_KINDS = ("plain", "r1", "qa", "nonreasoning", "facts")
 
 # The R1-Zero prompt (DeepSeek-R1 paper, Table 1). r1mega/data/templates.py is the owner of prompt
 # templates; this copy is used only when that module is not importable.
@@ -66,6 +76,7 @@ class CorpusConfig:
     r1_weight: float = doc(0.25, "Share of worked problems in the R1-Zero template (prompt + <think>...</think> <answer>...</answer>).")
     qa_weight: float = doc(0.35, "Share of worked problems as 'Question: ...\\nAnswer: steps. The answer is N.'")
     nonreasoning_weight: float = doc(0.1, "Share of non-reasoning instruction/response pairs (both formats).")
+    facts_weight: float = doc(0.0, "Share of dense arithmetic-fact documents ('Facts: 7+5=12, 9*3=27, ...', levels 1-2): the cheapest practice for the easy levels, in the notation of the worked steps.")
     zh_fraction: float = doc(0.2, "Share of worked solutions whose step words are Chinese (language mixing for the stage-2 reward to fix).")
     task_weights: dict = doc({"arith": 0.6, "word": 0.4}, "Relative weights of the reasoning task families.")
     difficulty_weights: list = doc([0.5, 0.25, 0.12, 0.08, 0.05], "Relative weights of difficulty levels 1..5 for worked problems (easy-heavy: a tiny model must get some easy ones right before RL).")
@@ -73,8 +84,9 @@ class CorpusConfig:
     heldout_fraction: float = doc(HELDOUT_FRACTION, "Held-out share of the problem space (must match the evaluation sets).")
 
     def weights(self) -> dict[str, float]:
+        # "facts" last: with facts_weight 0 the kind draw is the same as without that kind
         return {"plain": self.plain_weight, "r1": self.r1_weight, "qa": self.qa_weight,
-                "nonreasoning": self.nonreasoning_weight}
+                "nonreasoning": self.nonreasoning_weight, "facts": self.facts_weight}
 
     def validate(self, where: str = "corpus") -> None:
         check_int(self.seed, f"{where}.seed", minimum=0)
@@ -97,6 +109,43 @@ class CorpusConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Held-out expressions (kept out of every document)
+
+# every "a op b" inside an expression, overlapping: "100+4+19" -> "100+4", "4+19"
+_PAIRS = re.compile(r"(?=(?<!\d)(\d+[+\-*/]\d+)(?!\d))")
+
+
+def operations(side: str) -> list[str]:
+    """The single operations ``a op b`` written in one side of an equality chain, including those
+    inside a longer sum (``100+4+19`` -> ``100+4``, ``4+19``: the next side shows ``4+19``'s value)."""
+    return _PAIRS.findall(side)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def heldout_expression(expr: str, heldout_fraction: float = HELDOUT_FRACTION) -> bool:
+    """True when ``expr`` (one operation, ``"12+4"``) is the math key of a held-out problem of a
+    reasoning task (``arith|12+4`` or ``word|12+4``: the level-1/2 problems of both families)."""
+    return any(split_of(f"{t}|{expr}", heldout_fraction) == "test" for t in REASONING_TASKS)
+
+
+def heldout_expressions_in(text: str, heldout_fraction: float = HELDOUT_FRACTION) -> list[str]:
+    """The held-out operations (:func:`operations`) written in the equality chains of ``text``
+    (``12+4=16``, ``47*6=40*6+7*6=240+42=282``: every side is checked)."""
+    return [op for m in _STEP_CHAIN.finditer(text) for side in m.group(0).split("=") for op in operations(side)
+            if heldout_expression(op, heldout_fraction)]
+
+
+def problem_is_clean(p: Problem, heldout_fraction: float = HELDOUT_FRACTION) -> bool:
+    """A train problem usable in the corpus: none of its steps writes a held-out expression, and
+    its step list is not the key of a held-out word problem (an arith problem can compute exactly
+    the steps of a word problem)."""
+    for s in p.steps:
+        if any(heldout_expression(op, heldout_fraction) for side in (s.expr, *s.chain) for op in operations(side)):
+            return False
+    return not (p.steps and split_of("word|" + ";".join(s.expr for s in p.steps), heldout_fraction) == "test")
+
+
+# --------------------------------------------------------------------------------------------
 # Plain text
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -107,6 +156,15 @@ PLACES = ("on the table", "on the shelf", "on the floor", "on the desk", "in the
 
 
 def _plain_sentence(rng: random.Random) -> str:
+    """One sentence; redrawn while it states a held-out expression (:func:`heldout_expression`)."""
+    while True:
+        text, expr = _plain_sentence_raw(rng)
+        if expr is None or not heldout_expression(expr):
+            return text
+
+
+def _plain_sentence_raw(rng: random.Random) -> tuple[str, Optional[str]]:
+    """(sentence, the single operation it states or None)."""
     (name, pron), obj = rng.choice(NAMES), rng.choice(OBJECTS)
     friend = rng.choice([n for n, _ in NAMES if n != name])
     conts, cont = rng.choice(CONTAINERS)
@@ -114,54 +172,55 @@ def _plain_sentence(rng: random.Random) -> str:
     n = rng.randint(1, 999)
     k = rng.randint(0, 20)
     kind = rng.randrange(16)
+    hi, lo = max(a, b), min(a, b)
     if kind == 0:
-        return f"{name} has {a} {obj}."
+        return f"{name} has {a} {obj}.", None
     if kind == 1:
-        return f"There are {a} {obj} in the {cont} {rng.choice(PLACES)}."
+        return f"There are {a} {obj} in the {cont} {rng.choice(PLACES)}.", None
     if kind == 2:
-        return f"{a} plus {b} is {a + b}."
+        return f"{a} plus {b} is {a + b}.", f"{a}+{b}"
     if kind == 3:
-        hi, lo = max(a, b), min(a, b)
-        return f"{hi} minus {lo} is {hi - lo}."
+        return f"{hi} minus {lo} is {hi - lo}.", f"{hi}-{lo}"
     if kind == 4:
         x, y = rng.randint(0, 12), rng.randint(0, 12)
-        return f"{x} times {y} is {x * y}."
+        return f"{x} times {y} is {x * y}.", f"{x}*{y}"
     if kind == 5:
-        return f"The number {n} comes after {n - 1} and before {n + 1}."
+        return f"The number {n} comes after {n - 1} and before {n + 1}.", None
     if kind == 6:
-        hi, lo = (a, b) if a != b else (a + 1, b)
-        hi, lo = max(hi, lo), min(hi, lo)
-        return rng.choice((f"{hi} is larger than {lo}.", f"{lo} is smaller than {hi}."))
+        hi2, lo2 = (a, b) if a != b else (a + 1, b)
+        hi2, lo2 = max(hi2, lo2), min(hi2, lo2)
+        return rng.choice((f"{hi2} is larger than {lo2}.", f"{lo2} is smaller than {hi2}.")), None
     if kind == 7:
         parts = [(n // 100, "hundred"), (n // 10 % 10, "ten"), (n % 10, "one")]
         return f"The number {n} is " + " and ".join(f"{d} {w}{'' if d == 1 else 's'}" for d, w in parts
-                                                    if d or w == "one") + "."
+                                                    if d or w == "one") + ".", None
     if kind == 8:
-        return f"{NUMBER_WORDS[k].capitalize()} is written as {k}."
+        return f"{NUMBER_WORDS[k].capitalize()} is written as {k}.", None
     if kind == 9:
         start, step = rng.randint(0, 50), rng.choice((1, 1, 2, 5, 10))
-        return "Count: " + ", ".join(str(start + i * step) for i in range(rng.randint(4, 7))) + "."
+        return "Count: " + ", ".join(str(start + i * step) for i in range(rng.randint(4, 7))) + ".", None
     if kind == 10:
-        return f"{name} had {a} {obj} and bought {b} more, so now {pron.lower()} has {a + b} {obj}."
+        return f"{name} had {a} {obj} and bought {b} more, so now {pron.lower()} has {a + b} {obj}.", f"{a}+{b}"
     if kind == 11:
-        hi, lo = max(a, b), min(a, b)
-        return f"{name} had {hi} {obj} and gave {lo} to {friend}, so {pron.lower()} has {hi - lo} left."
+        return f"{name} had {hi} {obj} and gave {lo} to {friend}, so {pron.lower()} has {hi - lo} left.", f"{hi}-{lo}"
     if kind == 12:
         x, y = rng.randint(2, 9), rng.randint(2, 12)
-        return f"{x} {conts} with {y} {obj} each hold {x * y} {obj}."
+        return f"{x} {conts} with {y} {obj} each hold {x * y} {obj}.", f"{x}*{y}"
     if kind == 13:
         x, y = rng.randint(2, 9), rng.randint(2, 12)
-        return f"When {x * y} {obj} are split into {x} equal piles, each pile has {y} {obj}."
+        return f"When {x * y} {obj} are split into {x} equal piles, each pile has {y} {obj}.", f"{x * y}/{x}"
     if kind == 14:
-        return arithmetic_facts(rng)
+        return arithmetic_facts(rng), None
     color = rng.choice(COLORS)
-    return f"The {cont} is {color}. {name} puts {k} {obj} in the {color} {cont}."
+    return f"The {cont} is {color}. {name} puts {k} {obj} in the {color} {cont}.", None
 
 
 def arithmetic_facts(rng: random.Random) -> str:
-    """``Facts: 7+5=12, 23+4=27, 9*3=27.``: facts of levels 1-2 in the notation of the worked steps."""
-    facts = []
-    for _ in range(rng.randint(3, 6)):
+    """``Facts: 7+5=12, 23+4=27, 9*3=27.``: facts of levels 1-2 in the notation of the worked steps
+    (a held-out expression, :func:`heldout_expression`, is redrawn)."""
+    facts: list[str] = []
+    n = rng.randint(3, 6)
+    while len(facts) < n:
         op = rng.choice("+-*")
         if op == "*":
             x, y = rng.randint(0, 9), rng.randint(0, 9)
@@ -170,8 +229,15 @@ def arithmetic_facts(rng: random.Random) -> str:
             x, y = number(rng, (0, hi)), number(rng, (0, hi))
             if op == "-" and x < y:
                 x, y = y, x
+        if heldout_expression(f"{x}{op}{y}"):
+            continue
         facts.append(f"{x}{op}{y}={x + y if op == '+' else x - y if op == '-' else x * y}")
     return "Facts: " + ", ".join(facts) + "."
+
+
+def facts_document(rng: random.Random) -> str:
+    """2-4 lines of arithmetic facts (:func:`arithmetic_facts`)."""
+    return " ".join(arithmetic_facts(rng) for _ in range(rng.randint(2, 4)))
 
 
 def plain_document(rng: random.Random, facts_share: float = 0.3) -> str:
@@ -205,14 +271,15 @@ def _language_flags(rng: random.Random, zh_fraction: float, block: int = 50) -> 
 
 def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
     """Endless stream of ``{"kind", "lang", "task", "difficulty", "key", "text"}``; ``kind`` is one
-    of plain / r1 / qa / nonreasoning, ``key`` the problem's math key (None for plain text)."""
+    of plain / r1 / qa / nonreasoning / facts, ``key`` the problem's math key (None for plain text)."""
     cfg = cfg or CorpusConfig()
     cfg.validate()
     rng = random.Random(f"r1mega-corpus:{cfg.seed}")
     kinds, kw = list(cfg.weights()), list(cfg.weights().values())
     levels = dict(zip(DIFFICULTIES, cfg.difficulty_weights))
-    problems = iter_problems(cfg.task_weights, levels, seed=cfg.seed, split="train",
-                             heldout_fraction=cfg.heldout_fraction)
+    problems = (p for p in iter_problems(cfg.task_weights, levels, seed=cfg.seed, split="train",
+                                         heldout_fraction=cfg.heldout_fraction)
+                if problem_is_clean(p, cfg.heldout_fraction))
     zh_flags = _language_flags(random.Random(f"r1mega-corpus-lang:{cfg.seed}"), cfg.zh_fraction)
     chats = iter_problems({"nonreasoning": 1.0}, {1: 0.5, 2: 0.3, 3: 0.2}, seed=cfg.seed, split="train",
                           heldout_fraction=cfg.heldout_fraction)
@@ -221,6 +288,9 @@ def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
         if kind == "plain":
             yield {"kind": kind, "lang": "en", "task": None, "difficulty": None, "key": None,
                    "text": plain_document(rng)}
+        elif kind == "facts":
+            yield {"kind": kind, "lang": "en", "task": None, "difficulty": None, "key": None,
+                   "text": facts_document(rng)}
         elif kind == "nonreasoning":
             p = next(chats)
             text = r1_document(p, "en", cfg.template) if rng.random() < 0.5 else qa_document(p, "en")

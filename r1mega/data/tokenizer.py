@@ -26,6 +26,7 @@ Saved in Hugging Face format (``tokenizer.json``, ``tokenizer_config.json``,
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import os
@@ -175,6 +176,17 @@ def load_raw_tokenizer(path: Union[str, os.PathLike, None] = None) -> Tokenizer:
     return Tokenizer.from_file(str(d / "tokenizer.json"))
 
 
+@functools.lru_cache(maxsize=None)
+def corpus_fingerprint(seed: int = 0, n_docs: int = 200) -> str:
+    """Hash of the start of the tokenizer's training text: part of the cache key, so a change of the
+    corpus recipe (which changes the trained merges) never reuses a tokenizer built from the old one."""
+    h = hashlib.sha256()
+    for doc in tokenizer_corpus(n_docs, seed):
+        h.update(doc.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def default_tokenizer_dir(cache_dir: Union[str, os.PathLike, None] = None, vocab_size: int = DEFAULT_VOCAB_SIZE,
                           seed: int = 0) -> Path:
     """The default tokenizer's directory, built (in seconds) on first use.
@@ -184,7 +196,7 @@ def default_tokenizer_dir(cache_dir: Union[str, os.PathLike, None] = None, vocab
     concurrent processes do not see half-written files.
     """
     root = Path(cache_dir or os.environ.get("R1MEGA_CACHE") or Path.home() / ".cache" / "r1mega")
-    key = hashlib.sha256(f"v{TOKENIZER_VERSION}:{vocab_size}:{seed}".encode()).hexdigest()[:10]
+    key = hashlib.sha256(f"v{TOKENIZER_VERSION}:{vocab_size}:{seed}:{corpus_fingerprint(seed)}".encode()).hexdigest()[:10]
     d = root / f"tokenizer-v{TOKENIZER_VERSION}-{vocab_size}-s{seed}-{key}"
     if all((d / f).is_file() for f in FILES):
         return d

@@ -115,6 +115,24 @@ def test_deterministic_and_cached(tok_dir, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_cache_key_follows_the_corpus_recipe(tmp_path, monkeypatch):
+    """The tokenizer is trained on the corpus: a changed corpus recipe must not reuse a tokenizer
+    cached from the old one (a fresh machine and a developer machine would disagree)."""
+    from r1mega.data import tokenizer as T
+
+    first = default_tokenizer_dir(cache_dir=tmp_path)
+    T.corpus_fingerprint.cache_clear()
+    real = T.tokenizer_corpus
+    monkeypatch.setattr(T, "tokenizer_corpus", lambda n=T.DEFAULT_CORPUS_DOCS, seed=0: (
+        d.replace("apples", "pears") for d in real(n, seed)))
+    try:
+        assert T.corpus_fingerprint() != T.corpus_fingerprint(seed=1)
+        changed = default_tokenizer_dir(cache_dir=tmp_path)
+        assert changed != first and changed.parent == first.parent
+    finally:
+        T.corpus_fingerprint.cache_clear()
+
+
 def test_custom_corpus_and_sizes(tmp_path):
     d = build_tokenizer(tmp_path / "small", corpus_iter=["hello world 123 ñandú ñandú Ω Ω"] * 20, vocab_size=320)
     raw = load_raw_tokenizer(d)
