@@ -70,4 +70,5 @@ def test_manifest_hash_covers_only_what_the_stage_reads():
     # sections a pretrain stage never reads, logging and the (reshardable) layout do not matter
     assert h("rejection.num_prompts=3", "grpo.group_size=4", "logging.tensorboard=false",
              "parallel.tensor_parallel=2", "parallel.sequence_parallel=true") == base
-    assert h("optimizer.lr=1e-3") != base and h("pipeline.stages.pretrain.steps=7") != base
+    assert h("optimizer.weight_decay=0.05") != base and h("pipeline.stages.pretrain.steps=7") != base
+    assert h("optimizer.lr=1e-3") == base  # the stage overrides the lr: the top-level value never reaches it
