@@ -1,0 +1,51 @@
+"""benchmarks/grpo_step.py is a benchmark (run by hand, see benchmarks/README.md); this only checks its
+argument parsing and that the r1mega config it writes is valid. No model, engine or TRL is started."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_grpo_step", ROOT / "benchmarks" / "grpo_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_defaults_and_flags():
+    b = _bench()
+    a = b.parse_args([])
+    assert (a.prompts, a.group, a.max_new_tokens, a.kl, a.iters, a.warmup) == (8, 8, 96, 0.001, 8, 2)
+    assert a.engines == ["vllm"] and not a.no_trl and a.worker is None
+    a = b.parse_args(["--engines", "vllm,megatron", "--max-new-tokens", "64", "--no-trl", "--iters", "3"])
+    assert a.engines == ["vllm", "megatron"] and a.max_new_tokens == 64 and a.no_trl and a.iters == 3
+
+
+@pytest.mark.parametrize("argv", [["--engines", "sglang"], ["--micro", "7"], ["--iters", "0"], ["--warmup", "-1"]])
+def test_bad_flags_are_refused(argv):
+    with pytest.raises(SystemExit):
+        _bench().parse_args(argv)
+
+
+def test_r1mega_config_is_valid(tmp_path):
+    from r1mega.config.loader import load_config
+    from r1mega.data.tokenizer import default_tokenizer_dir
+
+    b = _bench()
+    a = b.parse_args(["--engines", "megatron"])
+    (tmp_path / "ckpt").mkdir()  # validation checks the path exists; nothing is loaded
+    for engine in ("vllm", "megatron"):
+        d = b.r1mega_config(a, tmp_path, engine, str(tmp_path / "ckpt"), str(default_tokenizer_dir()))
+        path = tmp_path / f"{engine}.yaml"
+        path.write_text(yaml.safe_dump(d))
+        cfg = load_config(str(path))
+        stage = cfg.for_stage(cfg.select_stage("grpo"))
+        assert stage.rollout.engine == engine and stage.grpo.rollouts_per_step == 64
+        assert stage.grpo.updates_per_step == 1 and stage.optimizer.global_batch_size == 64
+        assert stage.rollout.max_new_tokens == 96 and stage.grpo.kl_coef == 0.001
