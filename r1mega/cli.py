@@ -82,11 +82,12 @@ def _load(args, validate: bool = True, world_default: Optional[int] = 1):
 
 def _run_config_command(args) -> int:
     cfg, _ = _load(args)
-    from r1mega.platform.device import select
+    from r1mega.platform.device import select, set_cpu_threads
 
     select(cfg.device)
+    set_cpu_threads(cfg.cpu_threads)
     if args.command == "train":
-        cfg.select_stage(args.stage)
+        set_cpu_threads(cfg.for_stage(cfg.select_stage(args.stage)).cpu_threads)
     elif getattr(args, "stage", None):
         cfg.stage(args.stage)
     for name in getattr(args, "only", None) or ():

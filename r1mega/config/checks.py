@@ -18,6 +18,9 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
                  earlier: Sequence[str] = ()) -> None:
     """Validate one resolved config (the top level, or one stage's view of it)."""
     check_choice(cfg.device, DEVICES, "device")
+    check(cfg.cpu_threads is None or (isinstance(cfg.cpu_threads, int) and not isinstance(cfg.cpu_threads, bool)
+                                      and cfg.cpu_threads >= 1),
+          "cpu_threads", f"got {cfg.cpu_threads!r}, expected a whole number >= 1 or null")
     cfg.model.validate("model")
     cfg.parallel.validate(world_size, "parallel")
     for name in ("optimizer", "data", "rollout", "logging", "checkpoint", "grpo", "rewards", "rejection", "eval",

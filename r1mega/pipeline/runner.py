@@ -26,6 +26,9 @@ def _barrier() -> None:
 
 
 def _run_kind(cfg, stage) -> dict:
+    from r1mega.platform.device import set_cpu_threads
+
+    set_cpu_threads(cfg.for_stage(stage).cpu_threads)
     kind = stage.kind
     if kind in ("pretrain", "sft", "distill"):
         from r1mega.train.entry import train_stage

@@ -31,6 +31,15 @@ def select(name: str) -> None:
         raise ConfigError("device", "'cuda' was asked for but CUDA is not available on this machine (use 'auto' or 'cpu')")
 
 
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def set_cpu_threads(n=None) -> None:
+    """The run config's ``cpu_threads`` on CPU (None restores torch's default); nothing on GPU."""
+    if not has_cuda():
+        torch.set_num_threads(n or _DEFAULT_THREADS)
+
+
 def device() -> torch.device:
     """The device of this rank's model shard."""
     if has_cuda():

@@ -58,6 +58,30 @@ def test_value_outside_choices():
     assert error(["rollout.engine=sglang"]) == "rollout.engine: got 'sglang', expected one of 'vllm', 'megatron'"
 
 
+def test_cpu_threads_must_be_positive():
+    assert error(["cpu_threads=0"]) == "cpu_threads: got 0, expected a whole number >= 1 or null"
+    stage = error(["pipeline.stages=[{name: pre, kind: pretrain, steps: 1, overrides: {cpu_threads: -2}}]"])
+    assert stage == "stage 'pre': cpu_threads: got -2, expected a whole number >= 1 or null"
+
+
+def test_cpu_threads_are_applied_per_stage_and_restored():
+    import torch
+
+    from r1mega.platform.device import _DEFAULT_THREADS, set_cpu_threads
+
+    cfg = load_config(None, ["cpu_threads=2", "pipeline.stages=[{name: a, kind: pretrain, steps: 1, overrides: "
+                             "{cpu_threads: 1}}, {name: b, kind: pretrain, steps: 1}]"])
+    try:
+        set_cpu_threads(cfg.for_stage("a").cpu_threads)
+        assert torch.get_num_threads() == 1
+        set_cpu_threads(cfg.for_stage("b").cpu_threads)
+        assert torch.get_num_threads() == 2
+        set_cpu_threads(None)
+        assert torch.get_num_threads() == _DEFAULT_THREADS
+    finally:
+        set_cpu_threads(None)
+
+
 def test_override_without_equals():
     assert error(["grpo.group_size"]).startswith("override 'grpo.group_size': expected KEY=VALUE")
 
