@@ -101,7 +101,7 @@ def run_stage(cfg, stage_name: Optional[str] = None) -> dict:
     from r1mega.rewards.model_reward import KIND, RewardModelEngine, encode_scored, score_token_ids
     from r1mega.train.batching import dp_shard
     from r1mega.train.checkpoint import CheckpointManager
-    from r1mega.train.entry import StopFlag, _rank0, load_tokenizer_for, resolve_init_checkpoint
+    from r1mega.train.entry import StopFlag, _rank0, load_tokenizer_for, resume_or_init
     from r1mega.train.logger import MetricLogger
 
     stage = cfg.select_stage(stage_name)
@@ -138,17 +138,7 @@ def run_stage(cfg, stage_name: Optional[str] = None) -> dict:
         raise ConfigError("optimizer.global_batch_size", f"{o.global_batch_size} pairs do not split into microbatches of "
                           f"{o.micro_batch_size} pairs on {dp} data-parallel ranks")
     ckpt = CheckpointManager(out / "checkpoints", keep_last=cfg.checkpoint.keep_last or 0)
-    start = 0
-    if cfg.checkpoint.resume and ckpt.latest() is not None:
-        start = ckpt.load(engine)["step"]
-        if _rank0():
-            print(f"[r1mega] {stage.name}: resumed from step {start} ({ckpt.latest()})", flush=True)
-    else:
-        init = resolve_init_checkpoint(cfg, stage.init_from)
-        if init is not None:
-            ckpt.load(engine, init, load_optimizer=False)
-            if _rank0():
-                print(f"[r1mega] {stage.name}: initialised from {init}", flush=True)
+    start = resume_or_init(cfg, stage, engine, ckpt)
     extra = {"stage": stage.name, "kind": KIND, "score_tokens": list(rc.score_tokens), "score_token_ids": ids,
              "max_length": max_len, "template": cfg.data.template}
     data = PairBatches(train_enc, o.global_batch_size, rc.seed, pad)

@@ -127,6 +127,22 @@ def _eval_batch(cfg, tok):
     return held.batch(0)
 
 
+def resume_or_init(cfg, stage, engine, ckpt) -> int:
+    """Load the stage's latest checkpoint (model, optimizer, scheduler, RNG) and return its step; else
+    initialise the weights from ``stage.init_from`` (weights only) and return 0."""
+    if cfg.checkpoint.resume and ckpt.latest() is not None:
+        start = ckpt.load(engine)["step"]
+        if _rank0():
+            print(f"[r1mega] {stage.name}: resumed from step {start} ({ckpt.latest()})", flush=True)
+        return start
+    init = resolve_init_checkpoint(cfg, stage.init_from)
+    if init is not None:
+        ckpt.load(engine, init, load_optimizer=False)
+        if _rank0():
+            print(f"[r1mega] {stage.name}: initialised from {init}", flush=True)
+    return 0
+
+
 def train_stage(cfg, stage_name: Optional[str] = None) -> dict:
     """Run (or resume) one pretrain/SFT stage to completion. Returns the final metrics."""
     from r1mega.algorithms import SFTLoss
@@ -150,18 +166,7 @@ def train_stage(cfg, stage_name: Optional[str] = None) -> dict:
                          **({"mtp": False} if kd else {}))
     tok = load_tokenizer_for(cfg, out)
     ckpt = CheckpointManager(out / "checkpoints", keep_last=cfg.checkpoint.keep_last or 0)
-    start = 0
-    if cfg.checkpoint.resume and ckpt.latest() is not None:
-        meta = ckpt.load(engine)
-        start = meta["step"]
-        if _rank0():
-            print(f"[r1mega] {stage.name}: resumed from step {start} ({ckpt.latest()})", flush=True)
-    else:
-        init = resolve_init_checkpoint(cfg, stage.init_from)
-        if init is not None:
-            ckpt.load(engine, init, load_optimizer=False)
-            if _rank0():
-                print(f"[r1mega] {stage.name}: initialised from {init}", flush=True)
+    start = resume_or_init(cfg, stage, engine, ckpt)
     data = _batches(cfg, stage, tok)
     evalb = _eval_batch(cfg, tok)
     dp_rank, dp_size = engine.dp_rank_size()

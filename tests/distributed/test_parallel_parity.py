@@ -9,26 +9,18 @@ MoE layers, the last MoE layer + MTP); its frozen engine's log-probs must equal 
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness import run_worker
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 WORKER = Path(__file__).with_name("worker.py")
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def _run(args: list[str], out: Path, nproc: int = 1) -> dict:
-    cmd = ([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable])
-    proc = subprocess.run(cmd + [str(WORKER), *args, "--out", str(out)], env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_worker(WORKER, args, out, nproc)
 
 
 @pytest.fixture(scope="module")
