@@ -42,8 +42,8 @@ class RunConfig:
     device: str = doc("auto", "Where to run: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'.")
     cpu_threads: Optional[int] = doc(None, "On CPU: torch intra-op threads of each process (None = torch's default, one per core). "
                                            "Tiny steps gain nothing from a second thread (tiny MoE, 4 x 160 tokens: 243 ms/step on 1 "
-                                           "thread, 257 ms on 2), which then stays free for other work. Per stage through its "
-                                           "overrides. Ignored on GPU.")
+                                           "thread, 257 ms on 2), which then stays free for other work; 16 x 160 tokens run ~30% "
+                                           "faster on 2 (4,600 vs 3,500 tokens/s). Per stage through its overrides. Ignored on GPU.")
     model: ModelConfig = doc(ModelConfig(), "Model architecture (model.preset loads a named preset; other keys apply on top).")
     parallel: ParallelConfig = doc(ParallelConfig(), "Megatron-Core parallel layout (TP/PP/CP/EP/DP).")
     optimizer: OptimizerConfig = doc(OptimizerConfig(), "Optimizer, learning-rate schedule and batch sizes.")
