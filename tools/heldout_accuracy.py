@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=8, help="samples per problem at temperature 1.0 (0: greedy only)")
     ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tasks", nargs="+", default=["arith", "word"])
+    ap.add_argument("--split", choices=("test", "train"), default="test",
+                    help="test: held-out problems (default); train: training-split problems (recall, for comparison)")
+    ap.add_argument("--show", type=int, default=6, help="greedy examples to print")
     ap.add_argument("--seed", type=int, default=7, help="problem-generation seed")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch", type=int, default=64, help="completions per engine batch")
@@ -75,8 +78,8 @@ def main(argv=None) -> int:
         engine = make_engine(cfg, trainer_engine=policy, load_trainer_weights=True)
     else:
         engine = make_engine(cfg, trainer_engine=policy, tokenizer=tok, max_batch=a.batch)
-    problems = [p for t in a.tasks for p in task_problems(t, a.n, a.difficulties, seed=a.seed)]
-    print(f"[heldout] checkpoint {ckpt}: {len(problems)} held-out problems, engine ready in "
+    problems = [p for t in a.tasks for p in task_problems(t, a.n, a.difficulties, seed=a.seed, split=a.split)]
+    print(f"[heldout] checkpoint {ckpt}: {len(problems)} {'held-out' if a.split == 'test' else 'train-split'} problems, engine ready in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
 
     rows: dict = {}
@@ -99,9 +102,17 @@ def main(argv=None) -> int:
             s = summarize(sampled.problems, sampled.ks, a.k)
             print(f"[heldout] sampled k={a.k}: {time.perf_counter() - t1:.1f} s", flush=True)
     ex = {}
-    for r in greedy.problems[:: max(1, len(problems) // 6)]:
+    for r in greedy.problems[:: max(1, len(problems) // max(1, a.show))][:a.show]:
         ex[r.problem.id] = (r.problem.prompt, r.problem.gold, r.samples[0].text)
 
+    # copying: share of single-operation problems whose greedy first step restates the question's operation
+    import re
+    single = [r for r in greedy.problems if re.fullmatch(r"\d+[+\-*/]\d+", r.problem.metadata["key"].split("|", 1)[1])]
+    if single:
+        hit = sum(bool(re.search(r"(?:Step 1: |第1步：)" + re.escape(r.problem.metadata["key"].split("|", 1)[1]) + "=",
+                                 r.samples[0].text)) for r in single)
+        print(f"[heldout] greedy first step restates the question's operation: {100 * hit / len(single):.1f}% "
+              f"of {len(single)} single-operation problems", flush=True)
     names = [n for n in g if n != "all"] + ["all"] if "all" in g else list(g)
     hdr = f"{'set':10s} {'n':>4s} {'greedy':>7s} {'format':>7s} {'pass@1':>7s} {f'pass@{a.k}':>7s} {'fmt(T=1)':>8s}"
     print(hdr)

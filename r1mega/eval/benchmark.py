@@ -64,9 +64,10 @@ _AVAILABLE = re.compile(r"only (\d+) of (\d+) unique")
 
 
 def task_problems(task: str, n_per_difficulty: int, difficulties: Sequence[int] = (1, 2, 3, 4, 5),
-                  seed: int = 0) -> list[EvalProblem]:
-    """Held-out (split='test') problems of a built-in task, ``n_per_difficulty`` per level (capped at what the
-    level's test split holds, with a warning)."""
+                  seed: int = 0, split: str = "test") -> list[EvalProblem]:
+    """Held-out (split='test', the default) problems of a built-in task, ``n_per_difficulty`` per level (capped
+    at what the level's split holds, with a warning). ``split='train'`` gives training-split problems, to
+    compare recall with generalisation."""
     from r1mega.data.tasks import TaskError, generate_problems
 
     if task not in TASK_BENCHMARKS:
@@ -74,7 +75,7 @@ def task_problems(task: str, n_per_difficulty: int, difficulties: Sequence[int] 
     out: list[EvalProblem] = []
     for d in difficulties:
         try:
-            probs = generate_problems(task, n_per_difficulty, seed=seed, split="test", difficulty=d)
+            probs = generate_problems(task, n_per_difficulty, seed=seed, split=split, difficulty=d)
         except TaskError as e:
             m = _AVAILABLE.search(str(e))
             if not m:
@@ -82,10 +83,10 @@ def task_problems(task: str, n_per_difficulty: int, difficulties: Sequence[int] 
             have = int(m.group(1))
             log.warning("eval: %s level %d has only %d held-out problems (asked for %d)", task, d, have,
                         n_per_difficulty)
-            probs = generate_problems(task, have, seed=seed, split="test", difficulty=d)
+            probs = generate_problems(task, have, seed=seed, split=split, difficulty=d)
         for p in probs:  # unique within a level; levels may share a math key (then the wording differs)
-            if p.split != "test":
-                raise AssertionError(f"{p.id}: generate_problems(split='test') returned a {p.split!r} problem")
+            if p.split != split:
+                raise AssertionError(f"{p.id}: generate_problems(split={split!r}) returned a {p.split!r} problem")
             out.append(EvalProblem(id=p.id, benchmark=task, prompt=p.prompt, gold=p.answer, task_type="math",
                                    difficulty=d, metadata={"key": p.key, "split": p.split}))
     return out
