@@ -113,3 +113,12 @@ def test_load_eval_config_sources(tmp_path):
     c = load_eval_config(object(), env={"R1MEGA_EVAL_CONFIG": str(path)})
     assert (c.k, c.n_problems, c.benchmarks) == (2, 3, ["word"])
     assert load_eval_config(object(), env={}) == EvalConfig()
+
+
+def test_task_problems_train_split_is_disjoint_from_the_held_out_one():
+    from r1mega.eval.benchmark import task_problems
+
+    test = task_problems("arith", 40, [1], seed=3)
+    train = task_problems("arith", 40, [1], seed=3, split="train")
+    assert {p.metadata["split"] for p in test} == {"test"} and {p.metadata["split"] for p in train} == {"train"}
+    assert not {p.metadata["key"] for p in test} & {p.metadata["key"] for p in train}
