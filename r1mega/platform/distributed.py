@@ -99,14 +99,19 @@ def init_model_parallel(parallel, seed: int = 1234) -> None:
     torch.manual_seed(seed)
 
 
-def destroy() -> None:
+def destroy(barrier: bool = False) -> None:
     """Tear down Megatron groups, vLLM's groups and the default process group (tests, end of run).
 
     vLLM's groups go first: a live in-process vLLM engine otherwise tears them down from an exit
-    finalizer after the default group is gone ("ValueError: Invalid process group specified")."""
+    finalizer after the default group is gone ("ValueError: Invalid process group specified").
+    ``barrier``: wait for every rank first (end of a multi-process program: exiting with live gloo
+    groups can abort with "terminate called without an active exception")."""
     import sys
 
     from megatron.core import parallel_state as ps
+
+    if barrier and dist.is_initialized():
+        dist.barrier()
 
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()

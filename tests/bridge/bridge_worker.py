@@ -97,10 +97,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Tear the process groups down before exiting: an exit with live gloo threads can abort
-    # ("terminate called without an active exception", seen once in CI).
     from r1mega.platform.distributed import destroy
 
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    destroy()
+    destroy(barrier=True)  # exiting with live gloo groups can abort
