@@ -5,12 +5,18 @@ import pytest
 
 from r1mega.config.base import ConfigError
 from r1mega.data.jsonl import read_jsonl
+from r1mega.data.tasks.arith import fact_step
 from r1mega.data.tasks import (TaskError, TaskSetConfig, canonical_int, check_steps, eval_expr, generate_nonreasoning,
                                generate_problems, split_of, worked_step, write_task_splits)
 
 FIELDS = ("id", "task", "difficulty", "prompt", "answer", "solution")
 SOLUTION = re.compile(r"^<think> (.*) </think> <answer> (\S+) </answer>$")
 STEP = re.compile(r"(?:Step (\d+): |第(\d+)步：)")
+
+
+def _parse(expr):
+    a, op, b = re.fullmatch(r"(\d+)([+\-*/])(\d+)", expr).groups()
+    return int(a), op, int(b)
 
 
 def _all(n=40, seed=0, split="train"):
@@ -78,7 +84,8 @@ def test_difficulty_ladder(problems):
     by = {(t, d): [p for p in problems if p.task == t and p.difficulty == d] for t in ("arith", "word") for d in range(1, 6)}
     for t in ("arith", "word"):
         assert all(ops(p) == 1 and biggest(p) <= 99 for p in by[t, 1])
-        assert all(ops(p) == 1 for p in by[t, 2])
+        assert all(ops(p) == 2 and all(fact_step(*_parse(st.expr)) for st in p.steps) for p in by[t, 2])
+        assert max(biggest(p) for p in by[t, 2]) <= 9
         assert all(ops(p) == 2 for p in by[t, 3])
         assert all(ops(p) == 3 for p in by[t, 4])
         assert all(ops(p) in (3, 4) for p in by[t, 5]) and max(biggest(p) for p in by[t, 5]) >= 100

@@ -6,11 +6,18 @@ Difficulty ladder (see :data:`LEVELS`):
 level  ops      + / - operands               * factors                          max value
 =====  =======  ===========================  =================================  ===========
 1      1        0-20                         1 digit x 1 digit                  81
-2      1        2 digits                     2 digits x 1 digit                 999
+2      2        1 digit (every step)         1 digit x 1 digit                  81
 3      2        1-2 digits                   2 digits x 1 digit                 9,999
 4      3        2-3 digits                   2-3 digits x 1 digit               99,999
 5      3-4      3 digits                     3 digits x 1-2 digits              999,999
 =====  =======  ===========================  =================================  ===========
+
+Level 2 composes two single-digit facts, left to right (``(7-3)*2``: ``7-3=4``, ``4*2=8``; every
+operand of every step, intermediate values included, is one digit, and the steps follow the reading
+order): no single step is harder than a times-table or single-digit sum, but the whole expression is
+one nobody has written down before. Answering it
+directly is hard for a small model; working it step by step is easy. That gap is what R1-Zero's
+RL stage can discover (see docs/data.md).
 
 All intermediate values are non-negative (``a-b`` is only generated with ``a >= b``), so every
 answer is a non-negative integer. The expression is a random binary tree built bottom-up; the
@@ -38,17 +45,26 @@ class Level:
     mul_small: tuple[int, int]    # range of the smaller factor (always a leaf)
     max_value: int                # no intermediate value may exceed this
     op_weights: tuple[float, float, float]  # weights of +, -, *
+    fact_steps: bool = False      # every step is a single-digit fact (see fact_step), taken in reading order
 
 
 LEVELS = {
     1: Level((1, 1), (0, 20), (1, 9), (1, 9), 81, (0.4, 0.3, 0.3)),
-    2: Level((1, 1), (10, 99), (10, 99), (2, 9), 999, (0.3, 0.3, 0.4)),
+    2: Level((2, 2), (0, 9), (1, 9), (1, 9), 81, (0.4, 0.3, 0.3), fact_steps=True),
     3: Level((2, 2), (1, 99), (10, 99), (2, 9), 9_999, (0.35, 0.3, 0.35)),
     4: Level((3, 3), (10, 999), (10, 999), (2, 9), 99_999, (0.35, 0.3, 0.35)),
     5: Level((3, 4), (100, 999), (100, 999), (2, 99), 999_999, (0.35, 0.3, 0.35)),
 }
 
 _PREC = {"+": 1, "-": 1, "*": 2}
+
+
+def fact_step(a: int, op: str, b: int) -> bool:
+    """``a op b`` is a single-digit fact: both operands at most 9 (``/``: divisor and quotient at
+    most 9, the inverse of a times-table fact)."""
+    if op == "/":
+        return 0 < b <= 9 and a % b == 0 and a // b <= 9
+    return 0 <= a <= 9 and 0 <= b <= 9
 
 
 @dataclass
@@ -101,15 +117,17 @@ def _gen(rng: random.Random, n_ops: int, lv: Level) -> Node:
     if op == "*":
         small = _leaf(rng, lv.mul_small)
         other = _leaf(rng, lv.mul_big) if n_ops == 1 else _gen(rng, n_ops - 1, lv)
-        left, right = (other, small) if rng.random() < 0.7 else (small, other)
+        left, right = (other, small) if lv.fact_steps or rng.random() < 0.7 else (small, other)
         value = left.value * right.value
     else:
-        n_left = rng.randint(0, n_ops - 1)
+        n_left = n_ops - 1 if lv.fact_steps else rng.randint(0, n_ops - 1)
         left, right = _gen(rng, n_left, lv), _gen(rng, n_ops - 1 - n_left, lv)
         if op == "-" and left.value < right.value:
+            if lv.fact_steps:
+                raise _Retry
             left, right = right, left
         value = left.value + right.value if op == "+" else left.value - right.value
-    if value > lv.max_value:
+    if value > lv.max_value or (lv.fact_steps and not fact_step(left.value, op, right.value)):
         raise _Retry
     return Node(value, op, left, right)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from .arith import level, number
+from .arith import fact_step, level, number
 from .base import Step, TaskError, worked_step
 
 TASK = "word"
@@ -47,7 +47,7 @@ def _sample(rng: random.Random, lv) -> dict:
 
     def apply(a: int, op: str, b: int) -> int:
         s = worked_step(a, op, b)
-        if s.result > lv.max_value or s.result < 0:
+        if s.result > lv.max_value or s.result < 0 or (lv.fact_steps and not fact_step(a, op, b)):
             raise _Retry
         steps.append(s)
         return s.result
