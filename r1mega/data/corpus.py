@@ -78,6 +78,8 @@ class CorpusConfig:
     nonreasoning_weight: float = doc(0.1, "Share of non-reasoning instruction/response pairs (both formats).")
     facts_weight: float = doc(0.0, "Share of dense arithmetic-fact documents ('Facts: 7+5=12, 9*3=27, ...', levels 1-2): the cheapest practice for the easy levels, in the notation of the worked steps.")
     zh_fraction: float = doc(0.2, "Share of worked solutions whose step words are Chinese (language mixing for the stage-2 reward to fix).")
+    direct_fraction: float = doc(0.0, "Share of multi-step problems (level 2 and up) written as a bare answer, no steps ('<think> The answer is 1. </think> <answer> 1 </answer>', 'Answer: The answer is 1.'). The base model then sometimes answers without working, mostly wrongly on new problems, and R1-Zero's RL can discover that working pays.")
+    facts_max: int = doc(99, "Largest +/- operand of the arithmetic-fact documents: at most 20, every fact uses operands up to it (9: the single-digit tables that level-2 steps use); above 20, 70% of facts stay within 20 and the rest go up to it. Factors of * are always single digits.")
     task_weights: dict = doc({"arith": 0.6, "word": 0.4}, "Relative weights of the reasoning task families.")
     difficulty_weights: list = doc([0.5, 0.25, 0.12, 0.08, 0.05], "Relative weights of difficulty levels 1..5 for worked problems (easy-heavy: a tiny model must get some easy ones right before RL).")
     template: str = doc("r1_zero", "Prompt template name for the R1-format documents (see r1mega.data.templates).")
@@ -94,8 +96,11 @@ class CorpusConfig:
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f"{where}.{k}_weight",
                   f"got {v!r}, expected a non-negative number")
         check(sum(self.weights().values()) > 0, where, "all document weights are 0")
-        check(isinstance(self.zh_fraction, (int, float)) and 0 <= self.zh_fraction <= 1, f"{where}.zh_fraction",
-              f"got {self.zh_fraction!r}, expected a number in [0, 1]")
+        for name in ("zh_fraction", "direct_fraction"):
+            v = getattr(self, name)
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, f"{where}.{name}",
+                  f"got {v!r}, expected a number in [0, 1]")
+        check_int(self.facts_max, f"{where}.facts_max", minimum=9)
         check(isinstance(self.task_weights, dict) and self.task_weights
               and all(t in REASONING_TASKS and w >= 0 for t, w in self.task_weights.items())
               and sum(self.task_weights.values()) > 0, f"{where}.task_weights",
@@ -215,29 +220,33 @@ def _plain_sentence_raw(rng: random.Random) -> tuple[str, Optional[str]]:
     return f"The {cont} is {color}. {name} puts {k} {obj} in the {color} {cont}.", None
 
 
-def arithmetic_facts(rng: random.Random) -> str:
-    """``Facts: 7+5=12, 23+4=27, 9*3=27.``: facts of levels 1-2 in the notation of the worked steps
-    (a held-out expression, :func:`heldout_expression`, is redrawn)."""
+def arithmetic_facts(rng: random.Random, max_operand: int = 99) -> str:
+    """``Facts: 7+5=12, 23+4=27, 9*3=27, 56/8=7.``: facts in the notation of the worked steps, +/-
+    operands up to ``max_operand`` (see ``CorpusConfig.facts_max``), single-digit factors, divisions
+    that invert a times-table fact (a held-out expression, :func:`heldout_expression`, is redrawn)."""
     facts: list[str] = []
     n = rng.randint(3, 6)
     while len(facts) < n:
-        op = rng.choice("+-*")
+        op = rng.choice("+-*/")
         if op == "*":
             x, y = rng.randint(0, 9), rng.randint(0, 9)
+        elif op == "/":  # the inverse of a times-table fact
+            y, q = rng.randint(1, 9), rng.randint(0, 9)
+            x = y * q
         else:
-            hi = 20 if rng.random() < 0.7 else 99
+            hi = max_operand if max_operand <= 20 else 20 if rng.random() < 0.7 else max_operand
             x, y = number(rng, (0, hi)), number(rng, (0, hi))
             if op == "-" and x < y:
                 x, y = y, x
         if heldout_expression(f"{x}{op}{y}"):
             continue
-        facts.append(f"{x}{op}{y}={x + y if op == '+' else x - y if op == '-' else x * y}")
+        facts.append(f"{x}{op}{y}={x + y if op == '+' else x - y if op == '-' else x * y if op == '*' else x // y}")
     return "Facts: " + ", ".join(facts) + "."
 
 
-def facts_document(rng: random.Random) -> str:
+def facts_document(rng: random.Random, max_operand: int = 99) -> str:
     """2-4 lines of arithmetic facts (:func:`arithmetic_facts`)."""
-    return " ".join(arithmetic_facts(rng) for _ in range(rng.randint(2, 4)))
+    return " ".join(arithmetic_facts(rng, max_operand) for _ in range(rng.randint(2, 4)))
 
 
 def plain_document(rng: random.Random, facts_share: float = 0.3) -> str:
@@ -250,12 +259,12 @@ def plain_document(rng: random.Random, facts_share: float = 0.3) -> str:
 # --------------------------------------------------------------------------------------------
 # Worked problems
 
-def r1_document(p: Problem, lang: str, template: str = "r1_zero") -> str:
-    return f"{render_prompt(p.prompt, template)} {p.solution(lang)}"
+def r1_document(p: Problem, lang: str, template: str = "r1_zero", direct: bool = False) -> str:
+    return f"{render_prompt(p.prompt, template)} {p.solution(lang, direct=direct)}"
 
 
-def qa_document(p: Problem, lang: str) -> str:
-    return f"Question: {p.prompt}\nAnswer: {p.plain_solution(lang)}"
+def qa_document(p: Problem, lang: str, direct: bool = False) -> str:
+    return f"Question: {p.prompt}\nAnswer: {p.plain_solution(lang, direct=direct)}"
 
 
 def _language_flags(rng: random.Random, zh_fraction: float, block: int = 50) -> Iterator[bool]:
@@ -270,8 +279,9 @@ def _language_flags(rng: random.Random, zh_fraction: float, block: int = 50) -> 
 
 
 def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
-    """Endless stream of ``{"kind", "lang", "task", "difficulty", "key", "text"}``; ``kind`` is one
-    of plain / r1 / qa / nonreasoning / facts, ``key`` the problem's math key (None for plain text)."""
+    """Endless stream of ``{"kind", "lang", "task", "difficulty", "key", "direct", "text"}``; ``kind`` is
+    one of plain / r1 / qa / nonreasoning / facts, ``key`` the problem's math key (None for plain text),
+    ``direct`` whether a multi-step problem is written as a bare answer (``CorpusConfig.direct_fraction``)."""
     cfg = cfg or CorpusConfig()
     cfg.validate()
     rng = random.Random(f"r1mega-corpus:{cfg.seed}")
@@ -281,25 +291,30 @@ def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
                                          heldout_fraction=cfg.heldout_fraction)
                 if problem_is_clean(p, cfg.heldout_fraction))
     zh_flags = _language_flags(random.Random(f"r1mega-corpus-lang:{cfg.seed}"), cfg.zh_fraction)
+    direct_rng = random.Random(f"r1mega-corpus-direct:{cfg.seed}")
     chats = iter_problems({"nonreasoning": 1.0}, {1: 0.5, 2: 0.3, 3: 0.2}, seed=cfg.seed, split="train",
                           heldout_fraction=cfg.heldout_fraction)
     while True:
         kind = rng.choices(kinds, weights=kw)[0]
         if kind == "plain":
             yield {"kind": kind, "lang": "en", "task": None, "difficulty": None, "key": None,
-                   "text": plain_document(rng)}
+                   "direct": False, "text": plain_document(rng)}
         elif kind == "facts":
             yield {"kind": kind, "lang": "en", "task": None, "difficulty": None, "key": None,
-                   "text": facts_document(rng)}
+                   "direct": False, "text": facts_document(rng, cfg.facts_max)}
         elif kind == "nonreasoning":
             p = next(chats)
             text = r1_document(p, "en", cfg.template) if rng.random() < 0.5 else qa_document(p, "en")
-            yield {"kind": kind, "lang": "en", "task": p.task, "difficulty": p.difficulty, "key": p.key, "text": text}
+            yield {"kind": kind, "lang": "en", "task": p.task, "difficulty": p.difficulty, "key": p.key,
+                   "direct": False, "text": text}
         else:
             p = next(problems)
             lang = "zh" if next(zh_flags) else "en"
-            text = r1_document(p, lang, cfg.template) if kind == "r1" else qa_document(p, lang)
-            yield {"kind": kind, "lang": lang, "task": p.task, "difficulty": p.difficulty, "key": p.key, "text": text}
+            # a separate stream, so direct_fraction 0 leaves every other draw as it was
+            direct = len(p.steps) > 1 and direct_rng.random() < cfg.direct_fraction
+            text = r1_document(p, lang, cfg.template, direct) if kind == "r1" else qa_document(p, lang, direct)
+            yield {"kind": kind, "lang": lang, "task": p.task, "difficulty": p.difficulty, "key": p.key,
+                   "direct": direct, "text": text}
 
 
 def iter_corpus(cfg: Optional[CorpusConfig] = None, n: Optional[int] = None) -> Iterator[str]:

@@ -69,6 +69,38 @@ def test_formats_and_correctness(records):
     assert {r["task"] for r in r1 + qa} == {"arith", "word"}
 
 
+def test_direct_answers():
+    """direct_fraction of the multi-step problems are bare answers (never a single-step one); the rest of
+    the mix is the same as without them."""
+    cfg = dict(seed=3, plain_weight=0, nonreasoning_weight=0, facts_weight=0, zh_fraction=0.2,
+               difficulty_weights=[0.5, 0.5, 0, 0, 0])
+    it = iter_corpus_records(CorpusConfig(**cfg, direct_fraction=0.4))
+    recs = [next(it) for _ in range(1500)]
+    base = iter_corpus_records(CorpusConfig(**cfg))
+    assert [r["key"] for r in recs] == [next(base)["key"] for _ in recs]
+    multi = [r for r in recs if r["difficulty"] == 2]
+    direct = [r for r in multi if r["direct"]]
+    assert abs(len(direct) / len(multi) - 0.4) < 0.05
+    assert not any(r["direct"] for r in recs if r["difficulty"] == 1)
+    for r in direct:
+        answer = r["key"] and re.search(r"(?:The answer is |所以答案是)(\d+)", r["text"]).group(1)
+        assert "Step" not in r["text"] and "第1步" not in r["text"]
+        if r["kind"] == "r1":
+            assert re.search(rf"Assistant: <think> (The answer is {answer}\.|所以答案是{answer}。) </think> "
+                             rf"<answer> {answer} </answer>$", r["text"]), r["text"]
+        else:
+            assert r["text"].endswith(f"\nAnswer: The answer is {answer}.") or r["text"].endswith(f"所以答案是{answer}。")
+    worked = [r for r in multi if not r["direct"]]
+    assert all(re.search(r"Step 2: |第2步：", r["text"]) for r in worked)
+
+
+def test_facts_max():
+    it = iter_corpus_records(CorpusConfig(seed=4, facts_max=9, plain_weight=0, r1_weight=0, qa_weight=0,
+                                          nonreasoning_weight=0, facts_weight=1))
+    facts = [f for _ in range(200) for f in re.findall(r"(\d+)[+\-*](\d+)=", next(it)["text"])]
+    assert len(facts) > 1000 and max(int(x) for f in facts for x in f) == 9
+
+
 def test_plain_text_facts_are_true(records):
     plain = [r["text"] for r in records if r["kind"] == "plain"]
     assert all(not re.search(r"<think>|<answer>", t) for t in plain)
@@ -98,6 +130,7 @@ def test_config_validation():
     for bad, where in [(dict(zh_fraction=1.5), "corpus.zh_fraction"), (dict(plain_weight=-1), "corpus.plain_weight"),
                        (dict(task_weights={"poetry": 1}), "corpus.task_weights"),
                        (dict(difficulty_weights=[1, 2]), "corpus.difficulty_weights"),
+                       (dict(direct_fraction=-0.1), "corpus.direct_fraction"), (dict(facts_max=5), "corpus.facts_max"),
                        (dict(plain_weight=0, r1_weight=0, qa_weight=0, nonreasoning_weight=0), "corpus")]:
         with pytest.raises(ConfigError, match=where):
             CorpusConfig(**bad).validate()

@@ -163,17 +163,24 @@ class Problem:
         w = STEP_WORDS[lang or self.lang]
         return "".join(w["step"].format(k=i + 1) + s.text() + w["end"] for i, s in enumerate(self.steps)).strip()
 
-    def solution(self, lang: Optional[str] = None) -> str:
-        """The R1-format worked solution: ``<think> steps </think> <answer> N </answer>``."""
+    def solution(self, lang: Optional[str] = None, direct: bool = False) -> str:
+        """The R1-format worked solution: ``<think> steps </think> <answer> N </answer>``; ``direct``: no
+        steps, only the answer sentence (``<think> The answer is N. </think> <answer> N </answer>``)."""
+        if direct and self.steps:
+            think = STEP_WORDS[lang or self.lang]["answer"].format(a=self.answer)
+            return f"{THINK_OPEN} {think} {THINK_CLOSE} {ANSWER_OPEN} {self.answer} {ANSWER_CLOSE}"
         think = self.thinking(lang)
         inner = f" {think} " if think else " "
         return f"{THINK_OPEN}{inner}{THINK_CLOSE} {ANSWER_OPEN} {self.answer} {ANSWER_CLOSE}"
 
-    def plain_solution(self, lang: Optional[str] = None) -> str:
-        """Steps followed by an answer sentence, without tags (for "Question: ... Answer: ...")."""
+    def plain_solution(self, lang: Optional[str] = None, direct: bool = False) -> str:
+        """Steps followed by an answer sentence, without tags (for "Question: ... Answer: ..."); ``direct``:
+        the answer sentence alone."""
         if not self.steps:
             return self.response if self.response is not None else self.answer
         w = STEP_WORDS[lang or self.lang]
+        if direct:
+            return w["answer"].format(a=self.answer)
         sep = "" if (lang or self.lang) == "zh" else " "
         return self.thinking(lang) + sep + w["answer"].format(a=self.answer)
 
