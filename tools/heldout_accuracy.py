@@ -8,7 +8,10 @@ difficulty=d)``, the hash-based held-out split that the pretraining corpus never
 R1-Zero template, generation stopped at ``</answer>``. Reports
 
 * greedy accuracy (temperature 0, one sample) and its format rate;
-* sampled pass@1 and pass@k (temperature 1.0, top-p 1, ``--k`` samples per problem; unbiased estimator).
+* sampled pass@1 and pass@k (temperature 1.0, top-p 1, ``--k`` samples per problem; unbiased estimator);
+* the copy rate (share of single-operation problems whose greedy first step restates the question) and, for
+  multi-step problems (level 2 and up), how often the model works step by step vs answers directly, and how
+  accurate each mode is (the gap R1-Zero's RL can exploit).
 
 The checkpoint is loaded into a frozen Megatron model (``TrainEngine(..., optim=None, mtp=False)``) and the
 vLLM engine (default; refitted once from it) or the Megatron rollout engine generates; grading is the rewards' accuracy/format
@@ -113,6 +116,15 @@ def main(argv=None) -> int:
                                  r.samples[0].text)) for r in single)
         print(f"[heldout] greedy first step restates the question's operation: {100 * hit / len(single):.1f}% "
               f"of {len(single)} single-operation problems", flush=True)
+    # working vs answering directly, on multi-step problems (level 2 and up): how often each, how accurate
+    multi = [r for r in (sampled.problems if a.k > 0 else greedy.problems) if (r.problem.difficulty or 1) >= 2]
+    if multi:
+        outs = [(bool(re.search(r"Step 1: |第1步：", x.text)), x.correct) for r in multi for x in r.samples]
+        for mode, name in ((True, "worked"), (False, "direct")):
+            sel = [c for w, c in outs if w == mode]
+            acc = f"{100 * sum(sel) / len(sel):.1f}% correct" if sel else "-"
+            print(f"[heldout] multi-step problems, {name} answers ({'T=1' if a.k > 0 else 'greedy'}): "
+                  f"{100 * len(sel) / len(outs):.1f}% of {len(outs)}, {acc}", flush=True)
     names = [n for n in g if n != "all"] + ["all"] if "all" in g else list(g)
     hdr = f"{'set':10s} {'n':>4s} {'greedy':>7s} {'format':>7s} {'pass@1':>7s} {f'pass@{a.k}':>7s} {'fmt(T=1)':>8s}"
     print(hdr)
