@@ -15,9 +15,8 @@ level  ops      + / - operands               * factors                          
 Level 2 composes two single-digit facts, left to right (``(7-3)*2``: ``7-3=4``, ``4*2=8``; every
 operand of every step, intermediate values included, is one digit, and the steps follow the reading
 order): no single step is harder than a times-table or single-digit sum, but the whole expression is
-one nobody has written down before. Answering it
-directly is hard for a small model; working it step by step is easy. That gap is what R1-Zero's
-RL stage can discover (see docs/data.md).
+one nobody has written down before. Answering it directly is hard for a small model; working it step
+by step is easy. That gap is what R1-Zero's RL stage can discover (see docs/tiny_pretraining.md).
 
 All intermediate values are non-negative (``a-b`` is only generated with ``a >= b``), so every
 answer is a non-negative integer. The expression is a random binary tree built bottom-up; the
