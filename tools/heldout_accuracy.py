@@ -110,16 +110,20 @@ def main(argv=None) -> int:
 
     # copying: share of single-operation problems whose greedy first step restates the question's operation
     import re
+
+    from r1mega.data.tasks import STEP_WORDS
+
+    first_step = "(?:" + "|".join(re.escape(w["step"].format(k=1)) for w in STEP_WORDS.values()) + ")"
     single = [r for r in greedy.problems if re.fullmatch(r"\d+[+\-*/]\d+", r.problem.metadata["key"].split("|", 1)[1])]
     if single:
-        hit = sum(bool(re.search(r"(?:Step 1: |第1步：)" + re.escape(r.problem.metadata["key"].split("|", 1)[1]) + "=",
+        hit = sum(bool(re.search(first_step + re.escape(r.problem.metadata["key"].split("|", 1)[1]) + "=",
                                  r.samples[0].text)) for r in single)
         print(f"[heldout] greedy first step restates the question's operation: {100 * hit / len(single):.1f}% "
               f"of {len(single)} single-operation problems", flush=True)
     # working vs answering directly, on multi-step problems (level 2 and up): how often each, how accurate
     multi = [r for r in (sampled.problems if a.k > 0 else greedy.problems) if (r.problem.difficulty or 1) >= 2]
     if multi:
-        outs = [(bool(re.search(r"Step 1: |第1步：", x.text)), x.correct) for r in multi for x in r.samples]
+        outs = [(bool(re.search(first_step, x.text)), x.correct) for r in multi for x in r.samples]
         for mode, name in ((True, "worked"), (False, "direct")):
             sel = [c for w, c in outs if w == mode]
             acc = f"{100 * sum(sel) / len(sel):.1f}% correct" if sel else "-"

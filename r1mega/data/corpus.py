@@ -37,7 +37,7 @@ from typing import Iterator, Optional
 
 from r1mega.config.base import check, check_int, doc
 
-from .tasks import DIFFICULTIES, HELDOUT_FRACTION, REASONING_TASKS, Problem, iter_problems, split_of
+from .tasks import DIFFICULTIES, HELDOUT_FRACTION, REASONING_TASKS, Problem, eval_expr, iter_problems, split_of
 from .tasks.base import _STEP_CHAIN
 from .tasks.arith import number
 from .tasks.word import CONTAINERS, NAMES, OBJECTS
@@ -240,7 +240,7 @@ def arithmetic_facts(rng: random.Random, max_operand: int = 99) -> str:
                 x, y = y, x
         if heldout_expression(f"{x}{op}{y}"):
             continue
-        facts.append(f"{x}{op}{y}={x + y if op == '+' else x - y if op == '-' else x * y if op == '*' else x // y}")
+        facts.append(f"{x}{op}{y}={eval_expr(f'{x}{op}{y}')}")
     return "Facts: " + ", ".join(facts) + "."
 
 
