@@ -12,7 +12,8 @@ Contract::
 
   ==================== ========== ==========================================================
   ``loss_mask``        required   1 on response tokens, 0 on prompt / padding
-  ``old_logprobs``     required   behaviour-policy log-probs (trainer, before this update)
+  ``old_logprobs``     required   behaviour-policy log-probs (trainer, before this update);
+                                  optional with ``old_from_current=True`` (see below)
   ``advantages``       required   ``[B]`` (outcome) or ``[B, T]`` (process supervision)
   ``ref_logprobs``     if kl>0    reference-policy log-probs
   ``rollout_logprobs`` optional   the rollout engine's log-probs (TIS, mismatch metrics;
@@ -22,6 +23,11 @@ Contract::
   ``global_num_tokens`` 0-d       loss tokens in the WHOLE global batch
   ``seq_num_tokens``   optional   ``[B]`` full per-sequence token counts (context parallel)
   ==================== ========== ==========================================================
+
+``GRPOLoss(cfg, old_from_current=True)`` is for a step that makes exactly one optimizer update: the weights
+being trained are the behaviour policy, so a batch without ``old_logprobs`` takes them from ``logprobs``
+itself, detached (ratio exactly 1; the gradient is the on-policy policy gradient), and the trainer saves
+the separate forward pass.
 
 Per token: ``l = w * (pg + kl_coef * kl)`` with ``pg`` the clipped surrogate
 (:mod:`.policy_loss`), ``kl`` the chosen estimator against the reference (:mod:`.kl`), and
@@ -61,11 +67,13 @@ def _require(batch: dict, key: str, why: str) -> Tensor:
 class GRPOLoss:
     """Clipped-surrogate GRPO loss with KL to the reference; see the module doc for the contract."""
 
-    def __init__(self, cfg, max_new_tokens: Optional[int] = None):
+    def __init__(self, cfg, max_new_tokens: Optional[int] = None, old_from_current: bool = False):
         """``max_new_tokens``: the rollout's response-length limit, the default Dr.GRPO divisor
-        ('seq-sum-token-norm') when ``cfg.loss_norm_constant`` is None."""
+        ('seq-sum-token-norm') when ``cfg.loss_norm_constant`` is None. ``old_from_current``: a batch
+        without ``old_logprobs`` uses the current log-probs, detached (one update per rollout batch)."""
         cfg.validate()
         self.cfg = cfg
+        self.old_from_current = old_from_current
         self.norm_constant = cfg.loss_norm_constant if cfg.loss_norm_constant is not None else max_new_tokens
         if cfg.loss_agg_mode == "seq-sum-token-norm" and not (self.norm_constant and self.norm_constant > 0):
             raise ValueError("GRPOLoss: 'seq-sum-token-norm' needs grpo.loss_norm_constant or max_new_tokens "
@@ -82,7 +90,10 @@ class GRPOLoss:
             return torch.where(mask, x.to(logprobs.dtype), zero)
 
         logp = clean(logprobs)
-        old = clean(_require(batch, "old_logprobs", "behaviour-policy log-probs").detach())
+        if self.old_from_current and batch.get("old_logprobs") is None:
+            old = logp.detach()
+        else:
+            old = clean(_require(batch, "old_logprobs", "behaviour-policy log-probs").detach())
         adv = _require(batch, "advantages", "[B] or [B, T]").detach()
         seq_level = adv.dim() == 1
         if seq_level and adv.shape[0] != mask.shape[0]:

@@ -22,6 +22,7 @@ from .base import ConfigError, check, check_choice, check_int, check_positive, d
 ADVANTAGE_MODES = ("group-norm", "group-mean", "rloo", "batch-norm")
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-sum-token-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+OLD_LOGPROBS = ("auto", "recompute")
 REWARD_GRANULARITIES = ("outcome", "process")
 
 
@@ -50,6 +51,7 @@ class GRPOConfig:
     # Updates per rollout batch
     ppo_epochs: int = doc(1, "Passes over each rollout batch (policy updates per rollout = ppo_epochs * rollouts / minibatch_size).")
     minibatch_size: Optional[int] = doc(None, "Sequences per optimizer step; None = all rollouts of the step (one update: strictly on-policy, ratio = 1).")
+    old_logprobs: str = doc("auto", "Where the behaviour policy's log-probs come from. 'recompute': a separate trainer forward over the rollouts before the update. 'auto': the same, unless the step makes exactly one optimizer update (ppo_epochs 1, minibatch_size None or all rollouts): the policy being trained then IS the behaviour policy, so the training forward's own log-probs (detached) serve, one forward pass fewer; the rollout/trainer mismatch check still runs before the weights change.")
     # Trainer/rollout mismatch
     tis: bool = doc(False, "Truncated importance sampling: multiply each token's loss by min(exp(old_logp_trainer - rollout_logp), tis_cap), detached.")
     tis_cap: float = doc(2.0, "Cap C of the truncated importance weight.")
@@ -65,6 +67,11 @@ class GRPOConfig:
         mb = self.minibatch_size or self.rollouts_per_step
         return self.ppo_epochs * (self.rollouts_per_step // mb)
 
+    @property
+    def reuse_old_logprobs(self) -> bool:
+        """True when the behaviour log-probs are taken from the training forward (see ``old_logprobs``)."""
+        return self.old_logprobs == "auto" and self.updates_per_step == 1
+
     def validate(self, where: str = "grpo") -> None:
         for name in ("group_size", "prompts_per_step", "ppo_epochs", "dynamic_sampling_max_rounds"):
             check_int(getattr(self, name), f"{where}.{name}")
@@ -73,6 +80,7 @@ class GRPOConfig:
         check_choice(self.reward_granularity, REWARD_GRANULARITIES, f"{where}.reward_granularity")
         check_choice(self.loss_agg_mode, LOSS_AGG_MODES, f"{where}.loss_agg_mode")
         check_choice(self.kl_estimator, KL_ESTIMATORS, f"{where}.kl_estimator")
+        check_choice(self.old_logprobs, OLD_LOGPROBS, f"{where}.old_logprobs")
         check_positive(self.adv_epsilon, f"{where}.adv_epsilon", allow_zero=True)
         check_positive(self.clip_eps_low, f"{where}.clip_eps_low", allow_zero=True)
         check_positive(self.clip_eps_high, f"{where}.clip_eps_high", allow_zero=True)

@@ -105,6 +105,7 @@ class GRPOStage:
 
             self.model_reward = ModelRewardScorer.from_run_config(cfg, self.tok)
         self.loss = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens)
+        self.loss_reusing_old = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens, old_from_current=True)
         self.prompts = TaskPrompts(self.tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
                                    seed=cfg.data.seed, general=True)
 
@@ -199,6 +200,17 @@ class GRPOStage:
                               f"over {n} data-parallel ranks")
         return dp_shard(batch, r, n)
 
+    def _local_minibatch(self, rows: int) -> int:
+        """This rank's rows per optimizer step: ``grpo.minibatch_size`` counts sequences over all
+        data-parallel ranks (None = every rollout of the step, one update)."""
+        mbs = self.cfg.grpo.minibatch_size
+        if not mbs:
+            return rows
+        _, n = self.policy.dp_rank_size()
+        if mbs % n:
+            raise ConfigError("grpo.minibatch_size", f"got {mbs}, expected a multiple of the {n} data-parallel ranks")
+        return mbs // n
+
     # -------------------------------------------------------------- iteration
     def iteration(self, it: int) -> dict:
         from r1mega.algorithms import advantage_metrics, finalize_metrics, group_advantages
@@ -214,26 +226,43 @@ class GRPOStage:
         batch = ro.to_batch(pad_id=self.tok.pad_token_id or 0)
         batch["advantages"] = adv
         local = self._shard(batch)
-        t = time.time()
-        local["old_logprobs"] = self.policy.logprobs(local, temperature=T)
-        if self.ref is not None:
-            local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
-        t_lp = time.time() - t
         from megatron.core import parallel_state as ps
 
         dp_group = ps.get_data_parallel_group() if ps.get_data_parallel_world_size() > 1 else None
-        mm = mismatch_stats(local["rollout_logprobs"], local["old_logprobs"], local["loss_mask"], group=dp_group)
-        # Before any update: never learn from samples of a different policy than the one trained.
-        check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=f"{self.stage.name} iteration {it + 1}")
+        where = f"{self.stage.name} iteration {it + 1}"
+        # One update per rollout batch: the training forward gives the behaviour log-probs (GRPOLoss
+        # old_from_current) and the mismatch check runs inside the step, before the weights change.
+        reuse = g.reuse_old_logprobs
+        t = time.time()
+        if not reuse:
+            local["old_logprobs"] = self.policy.logprobs(local, temperature=T)
+        if self.ref is not None:
+            local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
+        t_lp = time.time() - t
+        mm: dict = {}
+        if not reuse:
+            mm = mismatch_stats(local["rollout_logprobs"], local["old_logprobs"], local["loss_mask"], group=dp_group)
+            # Before any update: never learn from samples of a different policy than the one trained.
+            check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=where)
+        tokens = local["loss_mask"].sum().double()
+        if dp_group is not None:
+            torch.distributed.all_reduce(tokens, group=dp_group)
+
+        def check_before_update(metrics: dict) -> None:
+            mm.update({"mean_abs": metrics["mismatch/abs_diff_mean"], "max_abs": metrics["mismatch/abs_diff_max"],
+                       "kl_k3": metrics["mismatch/k3"], "tokens": int(tokens)})
+            check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=where)
+
         t = time.time()
         train_metrics: dict = {}
         rows = local["tokens"].size(0)
-        mb = g.minibatch_size or rows
+        mb = self._local_minibatch(rows)
         for _ in range(g.ppo_epochs):
             for s in range(0, rows, mb):
                 part = {k: (v[s:s + mb] if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == rows else v)
                         for k, v in local.items()}
-                st = self.policy.train_step(part, self.loss, temperature=T, with_entropy=True)
+                st = self.policy.train_step(part, self.loss_reusing_old if reuse else self.loss, temperature=T,
+                                            with_entropy=True, before_update=check_before_update if reuse else None)
                 train_metrics = {**st.metrics, "grad_norm": st.grad_norm, "lr": st.lr}
         t_train = time.time() - t
         t = time.time()

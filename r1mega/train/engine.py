@@ -178,8 +178,13 @@ class TrainEngine:
         return {"global_num_seqs": counts[0], "global_num_tokens": counts[1]}
 
     # --------------------------------------------------------------- public
-    def train_step(self, batch: dict, loss_fn: LossFn, temperature: float = 1.0, with_entropy: bool = False) -> StepStats:
-        """One optimizer step on this DP rank's ``batch`` (all its microbatches)."""
+    def train_step(self, batch: dict, loss_fn: LossFn, temperature: float = 1.0, with_entropy: bool = False,
+                   before_update: Optional[Callable[[dict], None]] = None) -> StepStats:
+        """One optimizer step on this DP rank's ``batch`` (all its microbatches).
+
+        ``before_update(metrics)`` runs on every rank once the gradients are in and before the optimizer
+        touches the weights, with the step's reduced loss metrics; an exception from it leaves the weights,
+        the optimizer state and the routers' expert biases as they were."""
         from megatron.core import parallel_state as ps
 
         from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
@@ -203,14 +208,29 @@ class TrainEngine:
             cp = self.parallel.context_parallel
             return loss * (n_micro * dp / cp), metrics
 
+        routers = self._router_state() if before_update is not None else []
         stores, _ = self._run(batch, loss_wrapper, forward_only=False)
+        metrics = reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
+        if before_update is not None:
+            try:
+                before_update(metrics)
+            except BaseException:
+                # Megatron applied the aux-loss-free expert-bias update when it finalised the gradients: undo it
+                for module, bias, counts in routers:
+                    module.expert_bias.copy_(bias)
+                    module.local_tokens_per_expert.copy_(counts)
+                raise
         ok, grad_norm, _ = self.optimizer.step()
         if ok:
             self.scheduler.step(increment=1)
         self.step += 1
-        metrics = reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
         lr = self.optimizer.param_groups[0]["lr"]
         return StepStats(metrics, float(grad_norm or 0.0), float(lr), not ok)
+
+    def _router_state(self) -> list:
+        """``(router, expert_bias, local_tokens_per_expert)`` copies of every MoE router with a load bias."""
+        return [(m, m.expert_bias.detach().clone(), m.local_tokens_per_expert.detach().clone())
+                for c in self.chunks for m in c.modules() if getattr(m, "expert_bias", None) is not None]
 
     def _num_microbatches(self, batch: dict) -> int:
         return self._microbatch_layout(batch["tokens"].size(0))[1]

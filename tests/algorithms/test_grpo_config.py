@@ -18,6 +18,14 @@ def test_defaults_are_the_r1_recipe_and_valid():
     assert GRPOConfig(minibatch_size=128, ppo_epochs=2).updates_per_step == 8
 
 
+def test_old_logprobs_reused_only_for_one_update_per_step():
+    assert GRPOConfig().old_logprobs == "auto" and GRPOConfig().reuse_old_logprobs
+    assert GRPOConfig(minibatch_size=512).reuse_old_logprobs           # all rollouts in one step
+    assert not GRPOConfig(minibatch_size=256).reuse_old_logprobs       # two updates: the second is off-policy
+    assert not GRPOConfig(ppo_epochs=2).reuse_old_logprobs
+    assert not GRPOConfig(old_logprobs="recompute").reuse_old_logprobs
+
+
 def test_every_field_documented():
     for f in dataclasses.fields(GRPOConfig):
         assert len(field_help(GRPOConfig, f.name)) > 10, f.name
@@ -40,6 +48,7 @@ def test_every_field_documented():
     (dict(loss_norm_constant=0), "grpo.loss_norm_constant"),
     (dict(mismatch_token_threshold=-1.0), "grpo.mismatch_token_threshold"),
     (dict(reward_granularity="token"), "grpo.reward_granularity"),
+    (dict(old_logprobs="never"), "grpo.old_logprobs"),
 ])
 def test_validate_names_the_field(kw, where):
     with pytest.raises(ConfigError) as e:

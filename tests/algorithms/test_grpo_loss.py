@@ -57,6 +57,29 @@ def test_hand_computed_loss(mode):
         torch.testing.assert_close(logp.grad, torch.tensor(HAND_GRAD), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("mode", list(HAND_LOSS))
+def test_old_from_current_is_the_on_policy_loss(mode):
+    """Without old log-probs, GRPOLoss(old_from_current=True) equals the loss with old = logprobs (ratio 1:
+    no clipping, -A/n per token plus the KL term), value and gradient; without the option it refuses."""
+    logp, batch = hand_batch()
+    del batch["old_logprobs"]
+    with pytest.raises(KeyError, match="old_logprobs"):
+        GRPOLoss(cfg(loss_agg_mode=mode))(logp, batch)
+    loss, m = GRPOLoss(cfg(loss_agg_mode=mode), old_from_current=True)(logp, batch)
+    loss.backward()
+    logp2, batch2 = hand_batch()
+    batch2["old_logprobs"] = torch.where(batch2["loss_mask"].bool(), logp2.detach(), torch.tensor(NAN))
+    loss2, m2 = GRPOLoss(cfg(loss_agg_mode=mode))(logp2, batch2)
+    loss2.backward()
+    assert loss.item() == loss2.item()
+    torch.testing.assert_close(logp.grad, logp2.grad, atol=0, rtol=0)
+    assert finalize_metrics(dict(m))["ratio/max"] == 1.0 and finalize_metrics(dict(m))["clip/high_frac"] == 0.0
+    if mode == "seq-mean-token-mean":  # by hand: pg = -A per token (ratio 1), k3 terms as in HAND_LOSS's table
+        pg = (-1.0 * 2 / 2 + 0.5 * 3 / 3) / 2
+        kl = 0.1 * ((0.1065307 + 0.0) / 2 + (0.0 + 0.0051709 + 0.0408182) / 3) / 2
+        assert loss.item() == pytest.approx(pg + kl, abs=1e-6)
+
+
 def test_hand_computed_metrics():
     logp, batch = hand_batch()
     batch["entropy"] = torch.tensor([[1.0, 2.0, NAN], [3.0, 4.0, 5.0]])
