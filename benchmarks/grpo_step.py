@@ -10,7 +10,8 @@ iteration over 4 microbatches of 16 (num_iterations=1), AdamW lr 1e-4 constant, 
 Rows (each in its own subprocess, in this order):
 
 * ``r1mega/vllm``: ``r1mega.pipeline.grpo.GRPOStage.iteration`` with the colocated vLLM engine
-  (the product path): rollout, rewards, old+ref log-probs (Megatron), update, refit.
+  (the product path): rollout, rewards, ref log-probs (Megatron; with one update per iteration the
+  old log-probs come from the update's own forward, ``grpo.old_logprobs=auto``), update, refit.
 * ``r1mega/megatron`` (optional, ``--engines vllm,megatron``): the same with Megatron-Core's static
   inference engine (no refit).
 * ``trl``: ``trl.GRPOTrainer`` (``use_vllm=False``: TRL's vLLM integration needs a CUDA vLLM
