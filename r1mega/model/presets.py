@@ -2,7 +2,9 @@
 
 ``tiny`` is sized for a 2-core CPU and obeys vLLM-CPU's limits so it can be served too:
 attention head sizes from {32, 64, 80, 96, 112, 128, ...} and, for MLA,
-``kv_lora_rank + qk_rope_head_dim == 576`` (see ../shared/notes/platform.md).
+``kv_lora_rank + qk_rope_head_dim <= 576``: vLLM-CPU's MLA kernels need exactly 576, and the rollout
+engine serves a smaller latent zero-padded up to it (``r1mega.platform.vllm_settings.mla_latent_pad``;
+see ../shared/notes/platform.md).
 """
 from __future__ import annotations
 

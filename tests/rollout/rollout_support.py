@@ -203,8 +203,11 @@ _DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", 
 
 def child_env(**extra) -> dict:
     """A child's environment: one thread (tiny models; immune to a busy machine's OpenMP spin-waits),
-    quiet vLLM, and none of this process's torch.distributed variables (its port is taken)."""
+    quiet vLLM, none of this process's torch.distributed variables (its port is taken), and this
+    checkout first on the path (a child run as a script would import the installed r1mega, which
+    from a git worktree is another checkout's)."""
     env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parents[1]), env.get("PYTHONPATH")) if p)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "VLLM_LOGGING_LEVEL": "WARNING",
                 "TOKENIZERS_PARALLELISM": "false"})
     env.update(extra)
