@@ -90,8 +90,8 @@ def mla_latent_pad(model_cfg, on_gpu: Optional[bool] = None) -> int:
     pad = CPU_MLA_HEAD_SIZE - (model_cfg.kv_lora_rank + model_cfg.qk_rope_head_dim)
     if pad < 0:
         raise ValueError(
-            f"vLLM-CPU's MLA kernels need model.kv_lora_rank + model.qk_rope_head_dim <= {CPU_MLA_HEAD_SIZE} (the latent "
-            f"is zero-padded up to exactly {CPU_MLA_HEAD_SIZE}), got {model_cfg.kv_lora_rank} + "
+            f"vLLM-CPU's MLA kernels need model.kv_lora_rank + model.qk_rope_head_dim <= {CPU_MLA_HEAD_SIZE} "
+            f"(the latent is zero-padded up to exactly {CPU_MLA_HEAD_SIZE}), got {model_cfg.kv_lora_rank} + "
             f"{model_cfg.qk_rope_head_dim} = {model_cfg.kv_lora_rank + model_cfg.qk_rope_head_dim}")
     return pad
 

@@ -1,6 +1,7 @@
 """The zero-padded MLA kv latent vLLM-CPU serves (kv_lora_rank + qk_rope_head_dim below the CPU
-kernels' 576): the padded weights compute exactly the true model's MLA (pure torch, fast).
-The end-to-end check (vLLM refitted from the trainer) is tests/rollout/test_vllm_mla_pad.py."""
+kernels' 576): the padded weights compute the true model's MLA, exactly up to the kv norm's
+epsilon (pure torch, fast). The end-to-end check (vLLM refitted from the trainer) is
+tests/rollout/test_vllm_mla_pad.py."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from r1mega.model.presets import get_preset
 from r1mega.platform import vllm_settings as vs
 from r1mega.rollout.refit import pad_mla_buckets, pad_mla_latent
 
-H, N, NOPE, V, L, R = 128, 4, 32, 32, 64, 64  # the tiny preset at kv_lora_rank 64: hidden, heads, nope/v dims, latent, rope
+# the tiny preset at kv_lora_rank 64: hidden, heads, qk nope / v head dims, kv latent, rope key
+H, N, NOPE, V, L, R = 128, 4, 32, 32, 64, 64
 P = 576 - L - R  # what vLLM-CPU needs: 448
 
 
@@ -63,7 +65,8 @@ def test_padded_latent_computes_the_true_mla():
     x = torch.randn(7, H, generator=g, dtype=torch.float64)
     q_nope = torch.randn(7, N, NOPE, generator=g, dtype=torch.float64)
     wp = _padded(w, P)
-    assert wp["w_a"].shape == (L + P + R, H) and wp["w_norm"].shape == (L + P,) and wp["w_b"].shape == (N * (NOPE + V), L + P)
+    assert wp["w_a"].shape == (L + P + R, H) and wp["w_norm"].shape == (L + P,)
+    assert wp["w_b"].shape == (N * (NOPE + V), L + P)
     eps = 1e-6
     pad = _mla(x, q_nope, wp["w_a"], wp["w_norm"], wp["w_b"], L + P, eps)
     assert torch.equal(pad[-1][:, L:], torch.zeros(7, P, dtype=torch.float64))  # the pad dims are exactly 0
@@ -91,7 +94,8 @@ def test_padding_without_the_norm_scale_is_wrong():
     wp["w_norm"] = torch.cat([w["w_norm"], torch.zeros(P, dtype=w["w_norm"].dtype)])
     x = torch.randn(5, H, generator=g, dtype=torch.float64)
     q = torch.randn(5, N, NOPE, generator=g, dtype=torch.float64)
-    true, bad = _mla(x, q, w["w_a"], w["w_norm"], w["w_b"], L, 0.0), _mla(x, q, wp["w_a"], wp["w_norm"], wp["w_b"], L + P, 0.0)
+    true = _mla(x, q, w["w_a"], w["w_norm"], w["w_b"], L, 0.0)
+    bad = _mla(x, q, wp["w_a"], wp["w_norm"], wp["w_b"], L + P, 0.0)
     assert torch.allclose(bad[-1][:, :L], true[-1] * ((L + P) / L) ** 0.5)
     assert (bad[2] - true[2]).abs().max() > 0.1
 
@@ -117,7 +121,8 @@ def test_pad_mla_buckets_is_lazy():
     def source():
         for i in range(3):
             pulled.append(i)
-            yield [(f"model.layers.{i}.self_attn.kv_b_proj.weight", torch.ones(4, L)), ("model.norm.weight", torch.ones(3))]
+            yield [(f"model.layers.{i}.self_attn.kv_b_proj.weight", torch.ones(4, L)),
+                   ("model.norm.weight", torch.ones(3))]
 
     it = pad_mla_buckets(source(), cfg, 8)
     first = next(it)
