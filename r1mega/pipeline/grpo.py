@@ -3,8 +3,9 @@
 Per iteration, on every rank (SPMD):
 
     prompts -> rollout (G samples each) -> rewards (split over ranks, gathered) -> group advantages
-      -> old and reference log-probs recomputed by Megatron (rollout log-probs kept for the
-         mismatch check / truncated IS) -> policy updates over minibatches -> refit of the engine
+      -> reference log-probs and, unless the step makes a single update (grpo.old_logprobs), old
+         log-probs recomputed by Megatron (rollout log-probs kept for the mismatch check, which runs
+         before any weight changes, and truncated IS) -> policy updates over minibatches -> refit
 
 Resumable: the policy (with optimizer), the reference and the iteration are checkpointed; the
 prompts of iteration ``k`` are a pure function of (seed, k).
