@@ -1,4 +1,4 @@
-"""Batches as dicts of tensors: padding, microbatch slicing (and trimming) and data-parallel sharding.
+"""Batches as dicts of tensors: padding, microbatch slicing and data-parallel sharding.
 
 A tensor whose first dimension is the batch size is per-sequence; with a second dimension equal
 to the sequence length it is per-token. Anything else (0-d normalisers) is shared by every
@@ -37,35 +37,6 @@ def microbatches(batch: dict, size: int) -> list[dict]:
     B = _rows(batch)
     return [{k: (v[i:i + size] if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == B else v)
              for k, v in batch.items()} for i in range(0, B, size)]
-
-
-def loss_lengths(batch: dict) -> torch.Tensor:
-    """``[B]``: each row's length up to and including its last ``loss_mask`` position (0 for a row without
-    any): the positions after it influence nothing a loss reads (causal attention)."""
-    mask = batch["loss_mask"] != 0
-    idx = torch.arange(1, mask.size(1) + 1, device=mask.device)
-    return (mask * idx).amax(dim=1)
-
-
-def take_rows(batch: dict, index: torch.Tensor) -> dict:
-    """The rows ``index`` of every per-sequence tensor, in that order."""
-    B = _rows(batch)
-    return {k: (v.index_select(0, index.to(v.device)) if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == B else v)
-            for k, v in batch.items()}
-
-
-def trim_positions(batch: dict, seq_multiple: int = 1) -> dict:
-    """Cut every per-token tensor after the last loss position of any row (rounded up to a multiple of
-    ``seq_multiple``): a microbatch of short rows then costs what its rows need, not the global
-    batch's longest row. Nothing a loss reads changes (causal attention; padding carries no loss)."""
-    S = batch["tokens"].size(1)
-    keep = int(loss_lengths(batch).max()) if batch["loss_mask"].numel() else S
-    keep = min(S, max(seq_multiple, -(-keep // seq_multiple) * seq_multiple))
-    if keep == S:
-        return batch
-    B = _rows(batch)
-    return {k: (v[:, :keep] if torch.is_tensor(v) and v.dim() >= 2 and v.size(0) == B and v.size(1) == S else v)
-            for k, v in batch.items()}
 
 
 def dp_shard(batch: dict, dp_rank: int, dp_size: int) -> dict:

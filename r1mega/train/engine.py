@@ -29,7 +29,7 @@ from r1mega.config.optimizer import OptimizerConfig
 from r1mega.config.parallel import ParallelConfig
 from r1mega.model.builder import build_model
 from r1mega.platform.distributed import init_model_parallel
-from r1mega.train.batching import loss_lengths, microbatches, pad_batch, take_rows, trim_positions
+from r1mega.train.batching import microbatches, pad_batch
 from r1mega.train.logprobs import vocab_parallel_logprobs
 from r1mega.train.metrics import reduce_metrics
 
@@ -46,17 +46,13 @@ class StepStats:
 
 class TrainEngine:
     def __init__(self, model: ModelConfig, parallel: ParallelConfig, optim: Optional[OptimizerConfig] = None, *,
-                 seed: int = 1234, mtp: Optional[bool] = None, total_steps: Optional[int] = None,
-                 forward_micro_batch_size: Optional[int] = None):
+                 seed: int = 1234, mtp: Optional[bool] = None, total_steps: Optional[int] = None):
         """``optim=None`` builds a frozen, forward-only model (reference policy, teacher).
-        ``mtp=False`` drops the MTP layers (RL and log-prob passes); the default follows the config.
-        ``forward_micro_batch_size``: rows per microbatch of a frozen engine's passes (None = the whole
-        batch at once); shorter rows then share microbatches cut to their length (see ``_run``)."""
+        ``mtp=False`` drops the MTP layers (RL and log-prob passes); the default follows the config."""
         from megatron.core.utils import get_model_config
 
         init_model_parallel(parallel, seed)
         self.model_cfg, self.parallel, self.optim_cfg = model, parallel, optim
-        self.forward_micro_batch_size = forward_micro_batch_size
         self.mtp = bool(model.num_nextn_predict_layers) if mtp is None else mtp
         chunks = build_model(model, parallel, mtp=self.mtp)
         self.config = get_model_config(chunks[0])  # one config object, shared by every chunk
@@ -159,34 +155,19 @@ class TrainEngine:
             raise ValueError("a loss that reads the logits needs a model built with mtp=False")
         return {**mb, "logits": output}
 
-    def _trims(self) -> bool:
-        """Whether microbatches may be cut to their own rows' length: not with pipeline stages (fixed
-        activation shapes between stages) or context parallelism (sequence split in fixed chunks)."""
-        p = self.parallel
-        return p.pipeline_parallel == 1 and p.context_parallel == 1 and not p.virtual_pipeline
-
-    def _run(self, batch: dict, loss_wrapper, forward_only: bool) -> tuple:
-        """Run the schedule over ``batch``; returns ``(stores, order)``: the per-microbatch outputs and the
-        row order they are in (rows sorted by length so that each microbatch is cut to what its rows
-        need, see :func:`trim_positions`; None when rows keep their order)."""
+    def _run(self, batch: dict, loss_wrapper, forward_only: bool) -> list:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         mbs, n_micro = self._microbatch_layout(batch["tokens"].size(0))
         batch = pad_batch(batch, rows_multiple=mbs * n_micro, seq_multiple=self._seq_multiple())
-        order = None
-        if self._trims() and n_micro > 1:
-            order = torch.argsort(loss_lengths(batch), descending=True, stable=True)
-            batch = take_rows(batch, order)
         mb_list = microbatches(batch, mbs)
-        if self._trims():
-            mb_list = [trim_positions(mb, self._seq_multiple()) for mb in mb_list]
         assert len(mb_list) == n_micro, (len(mb_list), n_micro)
         iters = [iter(mb_list) for _ in self.chunks]
         return get_forward_backward_func()(
             forward_step_func=functools.partial(self._forward_step, loss_wrapper),
             data_iterator=iters if len(iters) > 1 else iters[0], model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
             num_microbatches=len(mb_list), seq_length=batch["tokens"].size(1), micro_batch_size=mbs,
-            forward_only=forward_only), order
+            forward_only=forward_only), len(mb_list)
 
     def _global_counts(self, batch: dict) -> dict:
         from megatron.core import parallel_state as ps
@@ -258,14 +239,13 @@ class TrainEngine:
         """``(micro_batch_size, num_microbatches)`` for ``rows`` sequences on this rank; the batch is
         zero-padded (``loss_mask == 0``) to ``micro_batch_size * num_microbatches`` rows.
 
-        Training uses ``optimizer.micro_batch_size``; a frozen engine ``forward_micro_batch_size`` (None:
-        the whole batch as one microbatch). The interleaved schedule (virtual pipeline) needs a multiple of PP microbatches
+        Training uses ``optimizer.micro_batch_size``; a frozen engine runs the whole batch as one
+        microbatch. The interleaved schedule (virtual pipeline) needs a multiple of PP microbatches
         (Megatron groups PP consecutive microbatches per virtual stage): a frozen engine then splits
         its batch in PP microbatches, and training adds all-padding microbatches up to the next
         multiple (``check_batch`` refuses configs whose global batch needs that)."""
         rows = max(1, rows)
-        mbs = self.optim_cfg.micro_batch_size if self.optim_cfg else (self.forward_micro_batch_size or rows)
-        mbs = max(1, min(mbs, rows))
+        mbs = max(1, min(self.optim_cfg.micro_batch_size if self.optim_cfg else rows, rows))
         n = -(-rows // mbs)
         if self.parallel.virtual_pipeline:
             pp = self.parallel.pipeline_parallel
@@ -292,8 +272,7 @@ class TrainEngine:
 
     @torch.no_grad()
     def logprobs(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
-        """Per-token log-probs ``[B,S]`` of ``batch['labels']`` (and entropy if asked), on every rank; 0 after
-        each row's last ``loss_mask`` position, which the engine may skip computing (see ``_run``)."""
+        """Per-token log-probs ``[B,S]`` of ``batch['labels']`` (and entropy if asked), on every rank."""
         from megatron.core import parallel_state as ps
 
         for c in self.chunks:
@@ -305,14 +284,9 @@ class TrainEngine:
             out = torch.stack([lp, ent if ent is not None else torch.zeros_like(lp)])
             return torch.zeros((), device=lp.device), {"_out": out}
 
-        stores, order = self._run(batch, keep, forward_only=True)
+        stores, _ = self._run(batch, keep, forward_only=True)
         if self._is_last_stage():
-            outs = [s["_out"] for s in stores]  # microbatches cut to their rows' length: pad back to S
-            width = max(max(o.size(2) for o in outs), S)
-            out = torch.cat([torch.nn.functional.pad(o, [0, width - o.size(2)]) for o in outs], dim=1)
-            if order is not None:
-                out = out[:, torch.argsort(order)]
-            out = out[:, :B, :S].contiguous()
+            out = torch.cat([s["_out"] for s in stores], dim=1)[:, :B, :S].contiguous()
         else:
             out = torch.empty(2, B, S)
         if ps.get_pipeline_model_parallel_world_size() > 1:
