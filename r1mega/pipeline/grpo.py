@@ -240,18 +240,19 @@ class GRPOStage:
         if self.ref is not None:
             local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
         t_lp = time.time() - t
-        mm: dict = {}
         if not reuse:
             mm = mismatch_stats(local["rollout_logprobs"], local["old_logprobs"], local["loss_mask"], group=dp_group)
             # Before any update: never learn from samples of a different policy than the one trained.
             check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=where)
-        tokens = local["loss_mask"].sum().double()
-        if dp_group is not None:
-            torch.distributed.all_reduce(tokens, group=dp_group)
+        else:  # the global loss-token count for the stats; the check itself runs inside the step
+            tokens = local["loss_mask"].sum().double()
+            if dp_group is not None:
+                torch.distributed.all_reduce(tokens, group=dp_group)
+            mm = {"tokens": int(tokens)}
 
         def check_before_update(metrics: dict) -> None:
             mm.update({"mean_abs": metrics["mismatch/abs_diff_mean"], "max_abs": metrics["mismatch/abs_diff_max"],
-                       "kl_k3": metrics["mismatch/k3"], "tokens": int(tokens)})
+                       "kl_k3": metrics["mismatch/k3"]})
             check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=where)
 
         t = time.time()
