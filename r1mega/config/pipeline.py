@@ -17,7 +17,11 @@ REPORT_ROLES = {"base": "eval_base", "r1_zero": "eval_r1_zero", "r1": "eval_r1",
 @dataclass
 class PipelineConfig:
     run_dir: Optional[str] = doc(None, "Directory of the whole run; each stage writes to <run_dir>/<stage name> (None = runs/<name>).")
-    stages: list[StageConfig] = doc([], "Stages in the order they run.")
+    stages: list[StageConfig] = doc([], "Stages in the order they run (with max_parallel > 1: the order they start in).")
+    max_parallel: int = doc(1, "Stages run at the same time, each in its own process (1 = one after another, in one "
+                               "process). A stage starts once the stages it reads (init_from, stage: references) are "
+                               "complete and every stage listed before it has started; see r1mega/pipeline/scheduler.py. "
+                               "Single-process runs only (under torchrun/srun stages run one after another).")
     report: dict = doc({}, "r1mega report: which eval stage stands for each role (base, r1_zero, r1, student, "
                            "student_base), e.g. {base: eval_pretrain}; merged over the defaults eval_base, "
                            "eval_r1_zero, eval_r1, eval_student, eval_student_base; null drops a role.")
@@ -38,10 +42,17 @@ class PipelineConfig:
         raise ConfigError("pipeline.stages", f"no stage named {name!r}; " + (suggest(name, have, "stages") if have else "the pipeline has no stages"))
 
     def validate(self, where: str = "pipeline") -> None:
+        check(isinstance(self.max_parallel, int) and not isinstance(self.max_parallel, bool) and self.max_parallel >= 1,
+              f"{where}.max_parallel", f"got {self.max_parallel!r}, expected an integer >= 1")
         seen = set()
         for i, stage in enumerate(self.stages):
             stage.validate(f"{where}.stages[{stage.name or i}]")
             check(stage.name not in seen, f"{where}.stages[{i}].name", f"duplicate stage name {stage.name!r}")
+            check(isinstance(stage.after, list), f"{where}.stages[{stage.name}].after",
+                  f"got {stage.after!r}, expected a list of earlier stage names")
+            for name in stage.after:
+                check(name in seen, f"{where}.stages[{stage.name}].after",
+                      f"{name!r} is not a stage listed before this one; " + suggest(str(name), sorted(seen), "stages"))
             seen.add(stage.name)
         check(isinstance(self.report, dict), f"{where}.report", f"got {self.report!r}, expected a mapping role: stage")
         for role, name in self.report.items():

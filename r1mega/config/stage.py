@@ -31,6 +31,10 @@ class StageConfig:
     output_dir: Optional[str] = doc(None, "Where checkpoints, metrics and outputs go (None = <run dir>/<name>).")
     save_interval: Optional[int] = doc(None, "Checkpoint every N steps (None = checkpoint.save_interval).")
     keep_last: Optional[int] = doc(None, "Keep the newest N checkpoints (None = checkpoint.keep_last).")
+    after: list = doc([], "With pipeline.max_parallel > 1: earlier stages that must be complete before this one starts, "
+                          "besides the ones it reads (e.g. hold a side branch back so it does not compete for the cores).")
+    nice: int = doc(0, "With pipeline.max_parallel > 1: the CPU priority of the stage's process (a nice increment, 0-19); "
+                       "side work at 10 runs on the cores the critical chain leaves idle instead of slowing it down.")
     overrides: dict = doc({}, "Config sections changed for this stage only, e.g. {optimizer: {lr: 1e-5}}; a model.preset here starts the model afresh.")
 
     @property
@@ -50,5 +54,7 @@ class StageConfig:
         check_int(self.steps, f"{where}.steps", allow_none=True)
         check_int(self.save_interval, f"{where}.save_interval", minimum=0, allow_none=True)
         check_int(self.keep_last, f"{where}.keep_last", allow_none=True)
+        check(isinstance(self.nice, int) and not isinstance(self.nice, bool) and 0 <= self.nice <= 19, f"{where}.nice",
+              f"got {self.nice!r}, expected an integer from 0 to 19")
         check(self.init_from is None or (isinstance(self.init_from, str) and self.init_from != ""), f"{where}.init_from",
               f"got {self.init_from!r}, expected a stage name, a checkpoint path or null")

@@ -7,6 +7,7 @@ from its last checkpoint, and stops with a clear error when a completed stage's 
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -96,9 +97,18 @@ def plan(cfg, only: list[str] | None = None) -> list[tuple]:
     return out
 
 
-def run_pipeline(cfg, only: list[str] | None = None) -> dict:
+def run_pipeline(cfg, only: list[str] | None = None, items: list[str] | None = None) -> dict:
+    """Run the pipeline's stages (or ``only`` those); {stage: final metrics}. With ``pipeline.max_parallel > 1``
+    in a single process, given the command line's config file and overrides (``items``), independent stages run
+    at the same time in child processes (:mod:`.scheduler`)."""
+    from r1mega.pipeline import scheduler
+
+    planned = plan(cfg, only)
+    if (cfg.pipeline.max_parallel > 1 and items is not None and not dist.is_initialized()
+            and int(os.environ.get("WORLD_SIZE", "1")) == 1 and not os.environ.get(scheduler.CHILD_ENV)):
+        return scheduler.run_parallel(cfg, planned, items, cfg.pipeline.max_parallel)
     results = {}
-    for st, d, h, action in plan(cfg, only):
+    for st, d, h, action in planned:
         if action == "skip":
             if _rank0():
                 print(f"[r1mega] stage {st.name}: complete, skipped", flush=True)
@@ -132,11 +142,14 @@ def run_pipeline(cfg, only: list[str] | None = None) -> dict:
 def main(cfg, args) -> int:
     from r1mega.platform.distributed import destroy
 
+    from r1mega.pipeline.scheduler import CHILD_ENV
+
     try:
-        run_pipeline(cfg, getattr(args, "only", None))
+        run_pipeline(cfg, getattr(args, "only", None), getattr(args, "items", None))
     finally:
         destroy()
-        _write_report(cfg)
+        if not os.environ.get(CHILD_ENV):  # a stage's child process: the parent writes the report
+            _write_report(cfg)
     return 0
 
 
