@@ -8,7 +8,8 @@
 * ``batch['loss_mask']`` ``[B, S]``: exactly one 1 per real row, at the position whose score is the
   sequence's reward (the EOS after the response); padded rows are all 0.
 * Rows come in pairs: row ``2i`` is the chosen response, row ``2i+1`` the rejected one, for the
-  same prompt (a microbatch never splits a pair: micro-batch sizes are even).
+  same prompt (a microbatch never splits a pair: micro-batch sizes are even; ``pairs_rows`` tells
+  the training engine to keep the rows in their order).
 * ``global_num_seqs`` (0-d, injected by the engine): the rows of the whole global batch, so
   ``global_num_seqs / 2`` pairs normalise the loss and microbatch losses sum to the global mean.
 
@@ -53,6 +54,8 @@ def bradley_terry(r_chosen: Tensor, r_rejected: Tensor, center_coef: float = 0.0
 
 
 class BradleyTerryLoss:
+    pairs_rows = True  # see r1mega.train.engine: rows 2i and 2i+1 must stay together, in order
+
     def __init__(self, center_coef: float = 0.0):
         if center_coef < 0:
             raise ValueError(f"center_coef={center_coef}, expected >= 0")

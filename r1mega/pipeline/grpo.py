@@ -89,7 +89,8 @@ class GRPOStage:
             self.ckpt.load(self.policy, init, load_optimizer=False)
         self.ref = None
         if g.kl_coef > 0:
-            self.ref = TrainEngine(cfg.model, cfg.parallel, None, seed=cfg.data.seed, mtp=False)
+            self.ref = TrainEngine(cfg.model, cfg.parallel, None, seed=cfg.data.seed, mtp=False,
+                                   forward_micro_batch_size=cfg.optimizer.micro_batch_size)
             ref_src = self.ref_ckpt.latest() or init
             if ref_src is not None:
                 self.ref_ckpt.load(self.ref, ref_src, load_optimizer=False)

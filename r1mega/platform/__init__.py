@@ -26,10 +26,11 @@ def init() -> None:
         from . import megatron_cpu
 
         megatron_cpu.apply()
-    from . import megatron_moe_tracker, megatron_noapex
+    from . import megatron_moe_padding, megatron_moe_tracker, megatron_noapex
 
     megatron_noapex.apply()
     megatron_moe_tracker.apply()
+    megatron_moe_padding.apply()
     if not have_transformer_engine():
         from . import megatron_local_mla
 

@@ -97,7 +97,8 @@ def encode_scored(tokenizer, prompt: str, response: str, max_length: int) -> lis
 
 
 def score_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> dict:
-    """``tokens [B,S]`` right-padded, dummy ``labels``, and ``loss_mask`` one-hot at each sequence's last token."""
+    """``tokens [B,S]`` right-padded, dummy ``labels``, ``loss_mask`` one-hot at each sequence's last token and
+    ``lengths [B]`` (see :mod:`r1mega.train.batching`)."""
     S = max(len(s) for s in sequences)
     B = len(sequences)
     tokens = torch.full((B, S), pad_id, dtype=torch.long)
@@ -105,7 +106,8 @@ def score_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> dict:
     for i, s in enumerate(sequences):
         tokens[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
         mask[i, len(s) - 1] = 1.0
-    return {"tokens": tokens, "labels": torch.zeros_like(tokens), "loss_mask": mask}
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    return {"tokens": tokens, "labels": torch.zeros_like(tokens), "loss_mask": mask, "lengths": lengths}
 
 
 def score_sequences(engine: RewardModelEngine, sequences: Sequence[Sequence[int]], pad_id: int = 0,

@@ -1,8 +1,13 @@
-"""Batches as dicts of tensors: padding, microbatch slicing and data-parallel sharding.
+"""Batches as dicts of tensors: padding, microbatch slicing (and trimming) and data-parallel sharding.
 
 A tensor whose first dimension is the batch size is per-sequence; with a second dimension equal
 to the sequence length it is per-token. Anything else (0-d normalisers) is shared by every
 microbatch. Padding adds zeros, so padded rows and positions carry ``loss_mask == 0``.
+
+``lengths [B]`` (long, optional): each row's real tokens, ``tokens[i, :lengths[i]]``; the positions
+after them are padding (0 for a row that is all padding, as :func:`pad_batch` adds). The training
+engine masks padding out of the MoE router statistics with it and cuts microbatches to their rows'
+lengths (:func:`trim_positions`); a batch without it is run as it is.
 """
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ def _rows(batch: dict) -> int:
 
 
 def pad_batch(batch: dict, rows_multiple: int = 1, seq_multiple: int = 1) -> dict:
-    """Right-pad the sequence dimension to a multiple of ``seq_multiple`` and add zero rows up to a
-    multiple of ``rows_multiple``."""
+    """Right-pad the sequence dimension to a multiple of ``seq_multiple`` and add zero rows (``lengths``
+    0: all padding) up to a multiple of ``rows_multiple``."""
     B, S = batch["tokens"].shape
     pad_s = (-S) % seq_multiple
     pad_b = (-B) % rows_multiple
@@ -39,6 +44,28 @@ def microbatches(batch: dict, size: int) -> list[dict]:
              for k, v in batch.items()} for i in range(0, B, size)]
 
 
+def take_rows(batch: dict, index: torch.Tensor) -> dict:
+    """The rows ``index`` of every per-sequence tensor, in that order."""
+    B = _rows(batch)
+    return {k: (v.index_select(0, index.to(v.device)) if torch.is_tensor(v) and v.dim() >= 1 and v.size(0) == B else v)
+            for k, v in batch.items()}
+
+
+def trim_positions(batch: dict, seq_multiple: int = 1) -> dict:
+    """Cut every per-token tensor after the longest row's ``lengths`` (rounded up to a multiple of
+    ``seq_multiple``, at least one multiple): only padding goes, and with causal attention no kept
+    position's output changes. A microbatch of short rows then costs what its rows need, not what
+    the batch's longest row does."""
+    S = batch["tokens"].size(1)
+    keep = -(-int(batch["lengths"].max()) // seq_multiple) * seq_multiple
+    keep = min(S, max(seq_multiple, keep))
+    if keep == S:
+        return batch
+    B = _rows(batch)
+    return {k: (v[:, :keep] if torch.is_tensor(v) and v.dim() >= 2 and v.size(0) == B and v.size(1) == S else v)
+            for k, v in batch.items()}
+
+
 def dp_shard(batch: dict, dp_rank: int, dp_size: int) -> dict:
     """This data-parallel rank's contiguous share of a global batch (rows must divide evenly)."""
     B = _rows(batch)
@@ -52,7 +79,7 @@ def dp_shard(batch: dict, dp_rank: int, dp_size: int) -> dict:
 def lm_batch(sequences: list[list[int]], pad_id: int = 0, loss_from: list[int] | None = None) -> dict:
     """Next-token batch from token-id lists: ``labels[t] = tokens[t+1]``; ``loss_mask`` is 1 where a
     real next token exists and (if given) the predicted token's index is >= ``loss_from[i]``
-    (e.g. the prompt length, for response-only SFT)."""
+    (e.g. the prompt length, for response-only SFT); ``lengths [B]`` the sequences' lengths."""
     S = max(len(s) for s in sequences)
     B = len(sequences)
     tokens = torch.full((B, S), pad_id, dtype=torch.long)
@@ -64,4 +91,5 @@ def lm_batch(sequences: list[list[int]], pad_id: int = 0, loss_from: list[int] |
         labels[i, :len(s) - 1] = t[1:]
         start = max(0, (loss_from[i] if loss_from else 1) - 1)
         mask[i, start:len(s) - 1] = 1.0
-    return {"tokens": tokens, "labels": labels, "loss_mask": mask}
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    return {"tokens": tokens, "labels": labels, "loss_mask": mask, "lengths": lengths}

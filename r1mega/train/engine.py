@@ -13,7 +13,13 @@ with the injected ``global_num_seqs`` / ``global_num_tokens`` so that the *sum* 
 over all microbatches and data-parallel ranks is the global-batch loss. The engine undoes
 Megatron's own averaging (1/num_microbatches in the schedule, 1/DP in DDP) to honour that.
 A loss with ``needs_logits = True`` (logit distillation) also receives the microbatch's
-vocab-parallel logits as ``mb['logits']``.
+vocab-parallel logits as ``mb['logits']``; one with ``pairs_rows = True`` (Bradley-Terry) reads
+consecutive rows together, so the engine keeps the rows of its batch in their order.
+
+A batch with ``lengths [B]`` (see :mod:`r1mega.train.batching`) has its padding masked out of the
+MoE router statistics (expert-bias token counts, sequence aux loss) and, on a layout without
+pipeline stages or context parallelism, runs in microbatches cut to their rows' lengths, rows
+sorted longest first unless the loss pairs them (see :meth:`TrainEngine._run`).
 """
 from __future__ import annotations
 
@@ -23,13 +29,14 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from r1mega.config.model import ModelConfig
 from r1mega.config.optimizer import OptimizerConfig
 from r1mega.config.parallel import ParallelConfig
 from r1mega.model.builder import build_model
 from r1mega.platform.distributed import init_model_parallel
-from r1mega.train.batching import microbatches, pad_batch
+from r1mega.train.batching import microbatches, pad_batch, take_rows, trim_positions
 from r1mega.train.logprobs import vocab_parallel_logprobs
 from r1mega.train.metrics import reduce_metrics
 
@@ -46,13 +53,17 @@ class StepStats:
 
 class TrainEngine:
     def __init__(self, model: ModelConfig, parallel: ParallelConfig, optim: Optional[OptimizerConfig] = None, *,
-                 seed: int = 1234, mtp: Optional[bool] = None, total_steps: Optional[int] = None):
+                 seed: int = 1234, mtp: Optional[bool] = None, total_steps: Optional[int] = None,
+                 forward_micro_batch_size: Optional[int] = None):
         """``optim=None`` builds a frozen, forward-only model (reference policy, teacher).
-        ``mtp=False`` drops the MTP layers (RL and log-prob passes); the default follows the config."""
+        ``mtp=False`` drops the MTP layers (RL and log-prob passes); the default follows the config.
+        ``forward_micro_batch_size``: rows per microbatch of a frozen engine's passes (None: the whole
+        batch at once); short rows then share microbatches cut to their length (see ``_run``)."""
         from megatron.core.utils import get_model_config
 
         init_model_parallel(parallel, seed)
         self.model_cfg, self.parallel, self.optim_cfg = model, parallel, optim
+        self.forward_micro_batch_size = forward_micro_batch_size
         self.mtp = bool(model.num_nextn_predict_layers) if mtp is None else mtp
         chunks = build_model(model, parallel, mtp=self.mtp)
         self.config = get_model_config(chunks[0])  # one config object, shared by every chunk
@@ -133,11 +144,26 @@ class TrainEngine:
         mb = next(data_iterator)
         tokens = mb["tokens"]
         pos = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
+        kw = {"padding_mask": self._padding_mask(model, pos, mb["lengths"])} if "lengths" in mb else {}
         if self.mtp:  # MTP needs labels: the model returns per-token CE and hooks in the MTP loss
-            out = model(tokens, pos, None, labels=mb["labels"])
+            out = model(tokens, pos, None, labels=mb["labels"], **kw)
         else:
-            out = model(tokens, pos, None)
+            out = model(tokens, pos, None, **kw)
         return out, functools.partial(loss_wrapper, mb)
+
+    def _padding_mask(self, model, pos: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Megatron's MoE ``padding_mask``: ``[b, S]``, True at padding (``pos >= lengths``), which the routers
+        leave out of their expert-bias token counts and aux losses. Megatron splits it over the
+        sequence-parallel ranks on the first pipeline stage only: a later stage's share is cut here.
+        (Megatron 0.16 gives the MTP layer's router no mask: it still counts padding. See also
+        :mod:`r1mega.platform.megatron_moe_padding`.)"""
+        from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
+        from megatron.core.utils import get_attr_wrapped_model
+
+        mask = pos >= lengths.to(pos.device)[:, None]
+        if self.parallel.sequence_parallel and not get_attr_wrapped_model(model, "pre_process"):
+            mask = scatter_to_sequence_parallel_region(mask.t().contiguous()).t().contiguous()
+        return mask
 
     def _token_logprobs(self, output, mb, temperature: float, with_entropy: bool):
         if self.mtp:
@@ -155,19 +181,34 @@ class TrainEngine:
             raise ValueError("a loss that reads the logits needs a model built with mtp=False")
         return {**mb, "logits": output}
 
-    def _run(self, batch: dict, loss_wrapper, forward_only: bool) -> list:
+    def _run(self, batch: dict, loss_wrapper, forward_only: bool, sort: bool = True, trim: bool = True) -> tuple:
+        """Run the schedule over ``batch``; returns ``(stores, order)``: the microbatches' outputs and the
+        order of the (padded) batch's rows in them (None: their own order).
+
+        With ``lengths`` in the batch and no pipeline stages or context parallelism (those need every
+        microbatch at the same length), ``trim`` cuts each microbatch after its longest row
+        (:func:`trim_positions`), and ``sort`` first orders the rows longest first, so that short rows
+        share short microbatches."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         mbs, n_micro = self._microbatch_layout(batch["tokens"].size(0))
         batch = pad_batch(batch, rows_multiple=mbs * n_micro, seq_multiple=self._seq_multiple())
+        p = self.parallel
+        trim = trim and "lengths" in batch and p.pipeline_parallel == 1 and p.context_parallel == 1
+        order = None
+        if trim and sort and n_micro > 1:
+            order = torch.argsort(batch["lengths"], descending=True, stable=True)
+            batch = take_rows(batch, order)
         mb_list = microbatches(batch, mbs)
+        if trim:
+            mb_list = [trim_positions(mb, self._seq_multiple()) for mb in mb_list]
         assert len(mb_list) == n_micro, (len(mb_list), n_micro)
         iters = [iter(mb_list) for _ in self.chunks]
         return get_forward_backward_func()(
             forward_step_func=functools.partial(self._forward_step, loss_wrapper),
             data_iterator=iters if len(iters) > 1 else iters[0], model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
             num_microbatches=len(mb_list), seq_length=batch["tokens"].size(1), micro_batch_size=mbs,
-            forward_only=forward_only), len(mb_list)
+            forward_only=forward_only), order
 
     def _global_counts(self, batch: dict) -> dict:
         from megatron.core import parallel_state as ps
@@ -209,7 +250,8 @@ class TrainEngine:
             return loss * (n_micro * dp / cp), metrics
 
         routers = self._router_state() if before_update is not None else []
-        stores, _ = self._run(batch, loss_wrapper, forward_only=False)
+        # No trimming with MTP: its loss counts padding positions and its router takes no padding mask.
+        stores, _ = self._run(batch, loss_wrapper, forward_only=False, sort=not _pairs_rows(loss_fn), trim=not self.mtp)
         metrics = reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
         if before_update is not None:
             try:
@@ -239,13 +281,14 @@ class TrainEngine:
         """``(micro_batch_size, num_microbatches)`` for ``rows`` sequences on this rank; the batch is
         zero-padded (``loss_mask == 0``) to ``micro_batch_size * num_microbatches`` rows.
 
-        Training uses ``optimizer.micro_batch_size``; a frozen engine runs the whole batch as one
-        microbatch. The interleaved schedule (virtual pipeline) needs a multiple of PP microbatches
+        Training uses ``optimizer.micro_batch_size``; a frozen engine ``forward_micro_batch_size`` (None:
+        the whole batch as one microbatch). The interleaved schedule (virtual pipeline) needs a multiple of PP microbatches
         (Megatron groups PP consecutive microbatches per virtual stage): a frozen engine then splits
         its batch in PP microbatches, and training adds all-padding microbatches up to the next
         multiple (``check_batch`` refuses configs whose global batch needs that)."""
         rows = max(1, rows)
-        mbs = max(1, min(self.optim_cfg.micro_batch_size if self.optim_cfg else rows, rows))
+        mbs = self.optim_cfg.micro_batch_size if self.optim_cfg else (self.forward_micro_batch_size or rows)
+        mbs = max(1, min(mbs, rows))
         n = -(-rows // mbs)
         if self.parallel.virtual_pipeline:
             pp = self.parallel.pipeline_parallel
@@ -267,12 +310,13 @@ class TrainEngine:
             loss, metrics = loss_fn(logprobs, self._with_logits(loss_fn, mb, output))
             return loss, {**metrics, "loss": loss.detach().reshape(1)}
 
-        stores, _ = self._run(batch, loss_wrapper, forward_only=True)
+        stores, _ = self._run(batch, loss_wrapper, forward_only=True, sort=not _pairs_rows(loss_fn))
         return reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
 
     @torch.no_grad()
     def logprobs(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
-        """Per-token log-probs ``[B,S]`` of ``batch['labels']`` (and entropy if asked), on every rank."""
+        """Per-token log-probs ``[B,S]`` of ``batch['labels']`` (and entropy if asked), on every rank; 0 at
+        the padding positions (``t >= lengths[i]``) of a batch with ``lengths``."""
         from megatron.core import parallel_state as ps
 
         for c in self.chunks:
@@ -284,11 +328,25 @@ class TrainEngine:
             out = torch.stack([lp, ent if ent is not None else torch.zeros_like(lp)])
             return torch.zeros((), device=lp.device), {"_out": out}
 
-        stores, _ = self._run(batch, keep, forward_only=True)
+        stores, order = self._run(batch, keep, forward_only=True)
         if self._is_last_stage():
-            out = torch.cat([s["_out"] for s in stores], dim=1)[:, :B, :S].contiguous()
+            outs = [s["_out"] for s in stores]  # [2, b, S'], S' cut to the microbatch's rows: pad back
+            width = max(S, max(o.size(2) for o in outs))
+            out = torch.cat([F.pad(o, [0, width - o.size(2)]) for o in outs], dim=1)
+            if order is not None:
+                out = out[:, torch.argsort(order)]
+            out = out[:, :B, :S]
+            if "lengths" in batch:
+                pos = torch.arange(S, device=out.device)
+                out = out.masked_fill(pos >= batch["lengths"].to(out.device)[:, None], 0.0)
+            out = out.contiguous()
         else:
             out = torch.empty(2, B, S)
         if ps.get_pipeline_model_parallel_world_size() > 1:
             dist.broadcast(out, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
         return (out[0], out[1]) if with_entropy else out[0]
+
+
+def _pairs_rows(loss_fn) -> bool:
+    """Whether ``loss_fn`` reads consecutive rows together (``pairs_rows = True``): their order must stay."""
+    return getattr(loss_fn, "pairs_rows", False)

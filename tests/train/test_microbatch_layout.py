@@ -9,9 +9,10 @@ from r1mega.config.parallel import ParallelConfig
 from r1mega.train.engine import TrainEngine
 
 
-def layout(rows, parallel, mbs=None):
+def layout(rows, parallel, mbs=None, forward_mbs=None):
     optim = OptimizerConfig(micro_batch_size=mbs, global_batch_size=8) if mbs else None
-    return TrainEngine._microbatch_layout(SimpleNamespace(parallel=parallel, optim_cfg=optim), rows)
+    engine = SimpleNamespace(parallel=parallel, optim_cfg=optim, forward_micro_batch_size=forward_mbs)
+    return TrainEngine._microbatch_layout(engine, rows)
 
 
 PP2 = ParallelConfig(pipeline_parallel=2)
@@ -34,3 +35,9 @@ def test_without_interleaving(rows, mbs, want):
 def test_interleaved_needs_multiple_of_pp(rows, mbs, want):
     mb, n = layout(rows, VPP, mbs)
     assert (mb, n) == want and n % 2 == 0 and mb * n >= rows
+
+
+@pytest.mark.parametrize("rows,forward_mbs,want", [(64, None, (64, 1)), (64, 16, (16, 4)), (10, 16, (10, 1)),
+                                                   (20, 16, (16, 2))])
+def test_frozen_engine_forward_micro_batch_size(rows, forward_mbs, want):
+    assert layout(rows, ParallelConfig(), forward_mbs=forward_mbs) == want
