@@ -25,7 +25,7 @@ samples/s and generated tokens/s; the table shows the median over ``--iters`` it
 ``--warmup``. Step-0 rewards / loss / grad norm of both sides are printed as a sanity check.
 
     .venv/bin/python benchmarks/grpo_step.py [--iters 8] [--warmup 2] [--max-new-tokens 96]
-        [--engines vllm[,megatron]] [--no-trl] [--trl-venv benchmarks/.trl-venv] [--json OUT]
+        [--threads N] [--engines vllm[,megatron]] [--no-trl] [--trl-venv benchmarks/.trl-venv] [--json OUT]
 """
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--micro", type=int, default=16, help="microbatch size; one optimizer step per iteration")
     ap.add_argument("--seed", type=int, default=1234, help="prompt/data seed (r1mega data.seed)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of every row (0 = torch's default, one per core); the same on both sides")
     ap.add_argument("--engines", default="vllm", help="comma list of r1mega rollout engines: vllm, megatron")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL row")
     ap.add_argument("--trl-venv", default=str(DEFAULT_TRL_VENV), help="TRL virtualenv (created if missing)")
@@ -80,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [e for e in a.engines if e not in ("vllm", "megatron")]
     if bad:
         ap.error(f"--engines: unknown {bad} (expected vllm, megatron)")
+    if a.threads < 0:
+        ap.error("--threads must be >= 0")
     for name in ("iters", "prompts", "group", "max_new_tokens", "micro"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -103,6 +107,7 @@ def r1mega_config(a, work: Path, engine: str, ckpt: str, tokenizer: str) -> dict
     rows = a.prompts * a.group
     return {
         "name": f"bench-grpo-{engine}",
+        "cpu_threads": a.threads or None,
         "model": {"preset": "tiny"},
         "optimizer": {"lr": a.lr, "min_lr": a.lr, "warmup_steps": 0, "decay_style": "constant", "weight_decay": 0.01,
                       "adam_beta1": 0.9, "adam_beta2": 0.95, "clip_grad": 1.0,
@@ -128,6 +133,7 @@ def worker_r1mega(a) -> None:
 
     from r1mega.config.loader import load_config
     from r1mega.pipeline.grpo import GRPOStage
+    from r1mega.platform.device import set_cpu_threads
 
     work = Path(a.workdir)
     d = r1mega_config(a, work, a.engine, a.ckpt, a.tokenizer)
@@ -135,6 +141,7 @@ def worker_r1mega(a) -> None:
     path = work / f"r1mega-{a.engine}.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     cfg = load_config(str(path))
+    set_cpu_threads(cfg.cpu_threads)
     stage = cfg.select_stage("grpo")
     t = time.perf_counter()
     st = GRPOStage(cfg.for_stage(stage), stage)
@@ -189,6 +196,8 @@ def worker_trl(a) -> None:
     from r1mega.config.rewards import RewardsConfig
     from r1mega.rewards import RewardComputer, RewardSample
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     work = Path(a.workdir)
     hf = work / "hf"
     t_setup = time.perf_counter()
@@ -487,7 +496,7 @@ def run_rows(a, work: Path) -> list:
         export_hf(ckpt, tokenizer, work)
     common = ["--iters", a.iters, "--warmup", a.warmup, "--prompts", a.prompts, "--group", a.group,
               "--max-new-tokens", a.max_new_tokens, "--kl", a.kl, "--lr", a.lr, "--micro", a.micro, "--seed", a.seed,
-              "--workdir", work, "--ckpt", ckpt, "--tokenizer", tokenizer]
+              "--workdir", work, "--ckpt", ckpt, "--tokenizer", tokenizer, "--threads", a.threads]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     results = []
     for e in a.engines:

@@ -27,10 +27,20 @@ def test_defaults_and_flags():
     assert a.engines == ["vllm", "megatron"] and a.max_new_tokens == 64 and a.no_trl and a.iters == 3
 
 
-@pytest.mark.parametrize("argv", [["--engines", "sglang"], ["--micro", "7"], ["--iters", "0"], ["--warmup", "-1"]])
+@pytest.mark.parametrize("argv", [["--engines", "sglang"], ["--micro", "7"], ["--iters", "0"], ["--warmup", "-1"],
+                                  ["--threads", "-1"]])
 def test_bad_flags_are_refused(argv):
     with pytest.raises(SystemExit):
         _bench().parse_args(argv)
+
+
+def load_config_from(b, a, tmp_path):
+    from r1mega.config.loader import load_config
+    from r1mega.data.tokenizer import default_tokenizer_dir
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(b.r1mega_config(a, tmp_path, "vllm", str(tmp_path / "ckpt"), str(default_tokenizer_dir()))))
+    return load_config(str(path))
 
 
 def test_r1mega_config_is_valid(tmp_path):
@@ -49,3 +59,6 @@ def test_r1mega_config_is_valid(tmp_path):
         assert stage.rollout.engine == engine and stage.grpo.rollouts_per_step == 64
         assert stage.grpo.updates_per_step == 1 and stage.optimizer.global_batch_size == 64
         assert stage.rollout.max_new_tokens == 96 and stage.grpo.kl_coef == 0.001
+        assert stage.cpu_threads is None  # --threads 0: torch's default
+    one = load_config_from(b, b.parse_args(["--threads", "1"]), tmp_path)
+    assert one.cpu_threads == 1
