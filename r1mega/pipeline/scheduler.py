@@ -24,8 +24,8 @@ stage and its log. Single-process runs only: under torchrun/srun stages run one 
 """
 from __future__ import annotations
 
-import os
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
