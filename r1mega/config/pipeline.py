@@ -17,11 +17,12 @@ REPORT_ROLES = {"base": "eval_base", "r1_zero": "eval_r1_zero", "r1": "eval_r1",
 @dataclass
 class PipelineConfig:
     run_dir: Optional[str] = doc(None, "Directory of the whole run; each stage writes to <run_dir>/<stage name> (None = runs/<name>).")
-    stages: list[StageConfig] = doc([], "Stages in the order they run (with max_parallel > 1: the order they start in).")
+    stages: list[StageConfig] = doc([], "Stages in the order they run (with max_parallel > 1: in order of priority).")
     max_parallel: int = doc(1, "Stages run at the same time, each in its own process (1 = one after another, in one "
-                               "process). A stage starts once the stages it reads (init_from, stage: references) are "
-                               "complete and every stage listed before it has started; see r1mega/pipeline/scheduler.py. "
-                               "Single-process runs only (under torchrun/srun stages run one after another).")
+                               "process). Whenever a slot is free, the first stage in list order whose inputs are "
+                               "complete starts (init_from, stage: references, its after: list); see "
+                               "r1mega/pipeline/scheduler.py. Single-process runs only (under torchrun/srun stages "
+                               "run one after another).")
     report: dict = doc({}, "r1mega report: which eval stage stands for each role (base, r1_zero, r1, student, "
                            "student_base), e.g. {base: eval_pretrain}; merged over the defaults eval_base, "
                            "eval_r1_zero, eval_r1, eval_student, eval_student_base; null drops a role.")

@@ -140,9 +140,8 @@ def run_pipeline(cfg, only: list[str] | None = None, items: list[str] | None = N
 
 
 def main(cfg, args) -> int:
-    from r1mega.platform.distributed import destroy
-
     from r1mega.pipeline.scheduler import CHILD_ENV
+    from r1mega.platform.distributed import destroy
 
     try:
         run_pipeline(cfg, getattr(args, "only", None), getattr(args, "items", None))
