@@ -203,7 +203,9 @@ def _pairs_for(kind: str, n: int, difficulties: Sequence[int], template: str, se
                unique: bool) -> list[Pair]:
     tasks = ("nonreasoning",) if kind == "helpfulness" else REASONING
     rng = random.Random(f"r1mega-prefs:{kind}:{seed}")
-    stream = _stream(tasks, difficulties, seed=hash((seed, kind)) & 0x7FFFFFFF, exclude=exclude)
+    # random.Random(str) seeds from the string's SHA-512: the same in every process (hash() of a str is salted)
+    stream_seed = random.Random(f"r1mega-prefs-stream:{kind}:{seed}").getrandbits(31)
+    stream = _stream(tasks, difficulties, seed=stream_seed, exclude=exclude)
     out: list[Pair] = []
     seen: set = set()
     stall = 0

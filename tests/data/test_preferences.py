@@ -3,6 +3,9 @@ each kind's rejected response wrong in the way its kind says."""
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
 
 from r1mega.config.rewards import FormatRewardConfig, LanguageRewardConfig
 from r1mega.data.preferences import KINDS, build_pairs, kind_counts, read_pairs, write_pairs
@@ -24,6 +27,16 @@ def test_pairs_deterministic_train_only_heldout_disjoint(tmp_path):
     assert all(p.chosen != p.rejected for p in tr + ev)
     path = write_pairs(tmp_path / "pairs.jsonl", tr)
     assert read_pairs(path) == [p.to_dict() for p in tr]
+
+
+def test_pairs_are_the_same_in_every_process():
+    """A pure function of the seed across processes too: Python's str hash is salted per process
+    (PYTHONHASHSEED), so no seed may be derived from hash() of a string."""
+    code = ("import json; from r1mega.data.preferences import build_pairs; "
+            "print(json.dumps([p.to_dict() for p in build_pairs(40, 8, seed=5)[0]]))")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(s)}).stdout for s in (1, 2)]
+    assert outs[0] == outs[1] and len(outs[0]) > 1000
 
 
 def test_each_kind_rejects_what_it_says():
