@@ -10,6 +10,8 @@ from .schema import suggest
 from .stage import StageConfig
 
 # Report roles (r1mega report): role -> the eval stage whose results stand for it (defaults: the demo's names).
+# Set in the processes the pipeline scheduler (r1mega/pipeline/scheduler.py) starts for a stage.
+STAGE_PROCESS_ENV = "R1MEGA_STAGE_PROCESS"
 REPORT_ROLES = {"base": "eval_base", "r1_zero": "eval_r1_zero", "r1": "eval_r1", "student": "eval_student",
                 "student_base": "eval_student_base"}
 
@@ -31,6 +33,15 @@ class PipelineConfig:
         """{role: eval stage name}: the defaults with ``report`` applied (null values drop a role)."""
         roles = {**REPORT_ROLES, **(self.report or {})}
         return {k: v for k, v in roles.items() if v}
+
+    def stage_world(self, stage: StageConfig, world_size: Optional[int]) -> Optional[int]:
+        """The world size ``stage`` runs on: its ``processes`` when the scheduler starts the stages (max_parallel > 1
+        and a single-process launch, or one of the scheduler's stage processes), else the launcher's ``world_size``
+        (None: unknown, skip the world-size checks)."""
+        if world_size is None:
+            return None
+        scheduled = self.max_parallel > 1 and (world_size == 1 or bool(os.environ.get(STAGE_PROCESS_ENV)))
+        return stage.processes if scheduled else world_size
 
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
@@ -54,6 +65,9 @@ class PipelineConfig:
             for name in stage.after:
                 check(name in seen, f"{where}.stages[{stage.name}].after",
                       f"{name!r} is not a stage listed before this one; " + suggest(str(name), sorted(seen), "stages"))
+            check(self.max_parallel == 1 or stage.processes <= self.max_parallel, f"{where}.stages[{stage.name}].processes",
+                  f"{stage.processes} processes need pipeline.max_parallel >= {stage.processes} (the scheduler starts them, "
+                  f"each in one of its slots), got max_parallel {self.max_parallel}")
             seen.add(stage.name)
         check(isinstance(self.report, dict), f"{where}.report", f"got {self.report!r}, expected a mapping role: stage")
         for role, name in self.report.items():

@@ -103,8 +103,9 @@ class RunConfig:
         return build(RunConfig, data, where)
 
     def validate(self, world_size: Optional[int] = None) -> None:
-        """Check everything, once, before heavy work: each stage's resolved config, or the top
-        level when there are no stages. world_size=None skips the world-size checks."""
+        """Check everything, once, before heavy work: each stage's resolved config for the world it runs on
+        (:meth:`PipelineConfig.stage_world`), or the top level when there are no stages. world_size=None skips
+        the world-size checks."""
         self.pipeline.validate()
         stages = self.pipeline.stages
         if not stages:
@@ -114,11 +115,12 @@ class RunConfig:
         for i, st in enumerate(stages):
             resolved = self.for_stage(st)
             earlier = [s.name for s in stages[:i]]
+            world = self.pipeline.stage_world(st, world_size)
             try:
-                validate_run(resolved, world_size, st, earlier)
+                validate_run(resolved, world, st, earlier)
                 resolved.distill.validate("distill")
                 if st.kind == "distill":
-                    check_distill_stage(self, resolved, st, earlier, world_size)
+                    check_distill_stage(self, resolved, st, earlier, world)
             except ConfigError as e:
                 raise ConfigError(f"stage '{st.name}': {e.where}", e.message) from None
 

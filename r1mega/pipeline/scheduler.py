@@ -14,13 +14,16 @@ pretraining waits for the teacher's pretraining rather than competing with it fo
 ``nice`` lowers its process's CPU priority, so that side work takes the cycles the chain leaves idle rather
 than slowing it down.
 
-Each stage runs ``r1mega run CONFIG [overrides] --only NAME`` in a child process, which writes its manifest
+Each stage runs ``r1mega run CONFIG [overrides] --only NAME`` in a child process (in ``processes`` of them, the
+ranks of one torch.distributed world on a free local port, for a stage that sets it), which writes its manifest
 exactly as a sequential run does (so skipping, resuming and config-change checks are the same). Children are
 forked from a multiprocessing fork server that has imported torch, Megatron-Core and vLLM once (~10 s of
-imports per stage otherwise). A child's output goes to ``<stage dir>/stage.log``, and the parent copies
-each new line, prefixed with the stage name, to the console.
+imports per stage otherwise). A child's output goes to ``<stage dir>/stage.log`` (rank r > 0 of a multi-process
+stage: ``stage.rank<r>.log``), and the parent copies each new line of rank 0's log, prefixed with the stage name,
+to the console. A stage with ``processes: N`` takes N of the ``max_parallel`` slots.
 When a stage fails no new stage starts, the running ones finish (their work is kept), and the error names the
-stage and its log. Single-process runs only: under torchrun/srun stages run one after another.
+stage and its log; when one rank of a stage fails, its other ranks are stopped (they would wait for it in a
+collective until the process group's timeout). Single-process runs only: under torchrun/srun stages run one after another.
 """
 from __future__ import annotations
 
@@ -31,10 +34,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from r1mega.config.pipeline import STAGE_PROCESS_ENV
 from r1mega.config.stage import stage_ref
 from r1mega.pipeline import manifest
+from r1mega.platform.distributed import free_port
 
-CHILD_ENV = "R1MEGA_STAGE_PROCESS"  # set in a stage's child process: the parent writes the report
+CHILD_ENV = STAGE_PROCESS_ENV  # set in a stage's child processes: the parent writes the report
+RANK_GRACE_S = 10  # after one rank of a stage fails, the others get this long to exit before they are killed
 
 
 def dependencies(cfg, stage) -> set[str]:
@@ -66,8 +72,10 @@ def dependencies(cfg, stage) -> set[str]:
     return found & names
 
 
-def _stage_process(items: list[str], name: str, log: str, nice: int) -> None:
-    """A child: ``r1mega run ITEMS --only NAME`` with its output appended to ``log``, at CPU priority ``nice``."""
+def _stage_process(items: list[str], name: str, log: str, nice: int, env: Optional[dict] = None) -> None:
+    """A child: ``r1mega run ITEMS --only NAME`` with its output appended to ``log``, at CPU priority ``nice``,
+    with ``env`` added to its environment (a multi-process stage's rank, world size and rendezvous)."""
+    os.environ.update(env or {})
     if nice:
         os.nice(nice)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -79,7 +87,8 @@ def _stage_process(items: list[str], name: str, log: str, nice: int) -> None:
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     os.environ[CHILD_ENV] = "1"
-    print(f"[r1mega] stage {name}: process {os.getpid()}, nice {os.nice(0)}", flush=True)
+    rank = f" (rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']})" if env else ""
+    print(f"[r1mega] stage {name}: process {os.getpid()}{rank}, nice {os.nice(0)}", flush=True)
     from r1mega.cli import main
 
     code = main(["run", *items, "--only", name])
@@ -122,7 +131,8 @@ class _Scheduler:
         self.items, self.max_parallel, self.log = list(items), max_parallel, log
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload([__name__, "r1mega.pipeline.stage_imports"])
-        self.running: dict[str, tuple] = {}  # name -> (process, log tail, stage dir, start time)
+        self.running: dict[str, tuple] = {}  # name -> (processes (rank order), rank 0's log tail, stage dir, start time)
+        self.failing: dict[str, tuple] = {}  # name -> (when, rank): its first failed rank (the others get RANK_GRACE_S)
         self.done: set[str] = set()
         self.failed: list[tuple] = []
         self.stopped: list[str] = []
@@ -130,11 +140,12 @@ class _Scheduler:
 
     def _startable(self) -> Optional[int]:
         """Index in ``todo`` of the first stage that may start now, or None."""
-        if len(self.running) >= self.max_parallel or self.failed or self.stopped:
+        if self.failed or self.stopped:
             return None
+        free = self.max_parallel - sum(len(procs) for procs, *_ in self.running.values())
         for i, (st, _) in enumerate(self.todo):
             if st.name not in self.started and self.deps[st.name] <= self.done:
-                return i
+                return i if st.processes <= free else None  # list order is the priority: no overtaking
         return None
 
     def _start(self, i: int) -> None:
@@ -143,12 +154,24 @@ class _Scheduler:
         d.mkdir(parents=True, exist_ok=True)
         log = d / "stage.log"
         tail = _Tail(log)
-        proc = self.ctx.Process(target=_stage_process, args=(self.items, st.name, str(log), st.nice), name=f"stage-{st.name}")
-        proc.start()
+        procs = []
+        port = free_port() if st.processes > 1 else None
+        for rank in range(st.processes):
+            env = None
+            if port is not None:
+                env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(st.processes),
+                       "LOCAL_WORLD_SIZE": str(st.processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            rank_log = log if rank == 0 else d / f"stage.rank{rank}.log"
+            proc = self.ctx.Process(target=_stage_process, args=(self.items, st.name, str(rank_log), st.nice, env),
+                                    name=f"stage-{st.name}-{rank}")
+            proc.start()
+            procs.append(proc)
         beside = f" beside {', '.join(self.running)}" if self.running else ""
         nice = f" at nice {st.nice}" if st.nice else ""
-        self.log(f"[r1mega] stage {st.name} ({st.kind}): started in process {proc.pid}{nice}{beside}; log {log}")
-        self.running[st.name] = (proc, tail, d, time.time())
+        where = (f"processes {', '.join(str(p.pid) for p in procs)} (ranks 0-{len(procs) - 1})" if len(procs) > 1
+                 else f"process {procs[0].pid}")
+        self.log(f"[r1mega] stage {st.name} ({st.kind}): started in {where}{nice}{beside}; log {log}")
+        self.running[st.name] = (procs, tail, d, time.time())
 
     def _echo(self, name: str, tail: "_Tail", final: bool = False) -> None:
         for line in tail.lines(final):
@@ -156,18 +179,30 @@ class _Scheduler:
         sys.stdout.flush()
 
     def _reap(self) -> None:
-        for name, (proc, tail, d, t0) in list(self.running.items()):
+        for name, (procs, tail, d, t0) in list(self.running.items()):
             self._echo(name, tail)
-            if proc.is_alive():
+            alive = [p for p in procs if p.is_alive()]
+            bad = [r for r, p in enumerate(procs) if not p.is_alive() and p.exitcode != 0]
+            if bad:
+                self.failing.setdefault(name, (time.time(), bad[0]))
+            if alive and bad:  # a failed rank: the others would wait for it in their next collective
+                if time.time() - self.failing[name][0] > RANK_GRACE_S:
+                    for p in alive:
+                        p.kill()
+            if alive:
                 continue
-            proc.join()
+            for p in procs:
+                p.join()
             self._echo(name, tail, final=True)
             del self.running[name]
             m = manifest.read(d) or {}
-            if proc.exitcode != 0:
-                self.failed.append((name, proc.exitcode, d / "stage.log"))
-                self.log(f"[r1mega] stage {name}: FAILED (exit {proc.exitcode}) after {time.time() - t0:.0f} s; "
-                         f"log {d / 'stage.log'}")
+            if bad:
+                rank = self.failing.pop(name)[1]  # the first to fail, not one killed after it
+                code = procs[rank].exitcode
+                log = d / ("stage.log" if rank == 0 else f"stage.rank{rank}.log")
+                self.failed.append((name, code, log))
+                which = f" (rank {rank})" if len(procs) > 1 else ""
+                self.log(f"[r1mega] stage {name}: FAILED{which} (exit {code}) after {time.time() - t0:.0f} s; log {log}")
             elif m.get("status") != "complete":  # preempted: the stage stays 'running', a rerun resumes it
                 self.stopped.append(name)
                 self.log(f"[r1mega] stage {name}: stopped before the end (status {m.get('status')}); rerun to resume")
@@ -190,10 +225,11 @@ class _Scheduler:
                 time.sleep(0.2)
                 self._reap()
         except BaseException:  # Ctrl-C reaches the children too: give them a minute to stop cleanly
-            for proc, *_ in self.running.values():
-                proc.join(timeout=60)
-                if proc.is_alive():
-                    proc.kill()
+            for procs, *_ in self.running.values():
+                for proc in procs:
+                    proc.join(timeout=60)
+                    if proc.is_alive():
+                        proc.kill()
             raise
         if self.failed:
             raise StageFailed("; ".join(f"stage {n!r} failed (exit {rc}), see {p}" for n, rc, p in self.failed))

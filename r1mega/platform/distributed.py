@@ -25,7 +25,8 @@ class DistInfo:
     local_rank: int
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (a rendezvous for a local process group)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -63,7 +64,7 @@ def init_distributed(timeout_minutes: int = 30) -> DistInfo:
         # A world of one started by plain python picks its own free port every time: an inherited
         # MASTER_PORT (a parent process that set one, e.g. a test runner) may still be bound.
         os.environ["MASTER_ADDR"] = "127.0.0.1"
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
     if has_cuda():
