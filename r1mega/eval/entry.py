@@ -126,6 +126,11 @@ def evaluate(cfg, stage_name: Optional[str] = None, engine=None, tokenizer=None,
     probe = EvalRunner.from_config(None, tokenizer, ecfg, rcfg)
     max_len = rcfg.rollout.max_model_len or rcfg.data.seq_length
     check_lengths(probe.prompt_ids(problems), probe.sampling_args["max_new_tokens"], max_len)
+    own_rc = None
+    if reward_computer is None and _rank0():  # (rank 0 grades) its workers start while the engine loads
+        from r1mega.rewards import RewardComputer
+
+        reward_computer = own_rc = RewardComputer(probe.rewards_cfg).warm_up()
     if owns_engine:
         engine, _ = build_engine(rcfg, ckpt)
         say(f"eval: engine {getattr(engine, 'name', type(engine).__name__)} ready in {time.perf_counter() - t0:.1f} s")
@@ -137,6 +142,8 @@ def evaluate(cfg, stage_name: Optional[str] = None, engine=None, tokenizer=None,
                 return None
             results = runner.score(problems, groups)
     finally:
+        if own_rc is not None:
+            own_rc.close()
         if owns_engine:
             engine.shutdown()
     results.stats["wall_seconds"] = time.perf_counter() - t0

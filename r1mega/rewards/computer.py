@@ -105,6 +105,11 @@ class RewardComputer:
             self._pool = WorkerPool(p.num_workers, p.start_method, p.worker_memory_mb, preload=tuple(p.preload))
         return self._pool
 
+    def warm_up(self) -> "RewardComputer":
+        """Start the reward workers in the background now (see :meth:`WorkerPool.start`); returns self."""
+        self.pool.start(background=True)
+        return self
+
     def close(self) -> None:
         if self._pool is not None and self._own_pool:
             self._pool.close()

@@ -133,6 +133,21 @@ class WorkerPool:
         self._workers[w.index] = self._spawn(w.index)
 
     # -- running ----------------------------------------------------------------------------------------
+    def start(self, background: bool = False) -> None:
+        """Start the workers now rather than at the first :meth:`run` (whose wait for worker start-up, ~3 s
+        on 2 cores for the math verifier's imports, would otherwise fall into the first reward step).
+        ``background``: in a daemon thread, overlapping the caller's own set-up; a :meth:`run` meanwhile
+        waits for it."""
+        def go():
+            with self._lock:
+                if not self._closed:
+                    self._ensure_started()
+
+        if background:
+            threading.Thread(target=go, name="r1mega-reward-pool-start", daemon=True).start()
+        else:
+            go()
+
     def run(self, tasks: list[Task]) -> list[Outcome]:
         """Run every task; outcomes in task order. Each call's timeout counts from when a worker takes it."""
         with self._lock:

@@ -67,6 +67,8 @@ class VllmEngine(RolloutEngine):
         self.model_cfg, self.rollout_cfg = model_cfg, rollout_cfg
         self.settings = vs.vllm_settings(rollout_cfg, model_cfg)
         vs.apply_env(self.settings)
+        if self.settings.eager_logprob_ranks:
+            vs.eager_logprob_ranks()
         info = init_distributed()
         os.environ.setdefault("LOCAL_RANK", str(info.local_rank))  # external_launcher reads it (plain python)
         tp = rollout_cfg.tensor_parallel

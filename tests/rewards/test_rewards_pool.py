@@ -21,3 +21,21 @@ def test_pool_survives_timeout_crash_and_error_in_one_run():
         # the replaced workers do real work
         assert pool.run([Task("math", ("1", "1", 1, 15, "AB", None), 5.0)])[0].value == 1.0
     assert pool._workers == []
+
+
+def test_pool_started_in_the_background_before_the_first_run():
+    """``start(background=True)`` (a stage's set-up) starts the workers in a thread: they are up without any
+    run, a run meanwhile waits for them, and a pool closed before its start finished stays closed."""
+    with WorkerPool(num_workers=2, start_method="forkserver", worker_memory_mb=2048) as pool:
+        pool.start(background=True)
+        deadline = time.monotonic() + 60
+        while len(pool._workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool._workers) == 2 and all(w.proc.is_alive() for w in pool._workers)
+        pids = [w.proc.pid for w in pool._workers]
+        assert pool.run([Task("echo", (7,), 30.0)])[0].value == 7
+        assert [w.proc.pid for w in pool._workers] == pids  # the run used the started workers
+    closed = WorkerPool(num_workers=1, start_method="forkserver")
+    closed.close()
+    closed.start()  # no error, no workers
+    assert closed._workers == []

@@ -235,6 +235,22 @@ def test_cpu_settings_deepseek_keeps_the_rotary_fix():
     assert s.llm_kwargs["enable_chunked_prefill"] is False and dense.llm_kwargs["enable_chunked_prefill"] is False
 
 
+def test_cpu_sampler_ranks_without_torch_compile(monkeypatch):
+    """vLLM compiles the sampler's token-rank count with inductor on its first call (3.5 s per generating stage);
+    on CPU the engine installs the eager count: ranks as vLLM defines them (how many logprobs >= the sampled one)."""
+    import vllm.v1.sample.sampler as sampler
+
+    assert vs.vllm_settings(RolloutConfig(), get_preset("tiny"), on_gpu=False).eager_logprob_ranks
+    assert not vs.vllm_settings(RolloutConfig(), get_preset("tiny"), on_gpu=True).eager_logprob_ranks
+    monkeypatch.setattr(sampler, "batched_count_greater_than", sampler.batched_count_greater_than)  # restored after
+    vs.eager_logprob_ranks()
+    count = sampler.batched_count_greater_than
+    assert not hasattr(count, "_torchdynamo_orig_callable")  # not a torch.compile wrapper
+    logprobs = torch.tensor([[-0.1, -2.0, -3.0, -0.5], [-1.0, -1.0, -0.2, -4.0]])
+    sampled = torch.tensor([[-0.5], [-1.0]])  # ranks: 2nd best of row 0; row 1 ties count as >= (3)
+    assert count(logprobs, sampled).tolist() == [2, 3]
+
+
 def test_gpu_settings_memory_fraction_and_sleep():
     s = vs.vllm_settings(RolloutConfig(gpu_memory_utilization=0.4, enforce_eager=False), get_preset("tiny"), on_gpu=True)
     assert s.llm_kwargs == {"gpu_memory_utilization": 0.4, "enforce_eager": False, "enable_sleep_mode": True}
