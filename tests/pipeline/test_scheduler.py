@@ -31,14 +31,14 @@ def test_dependencies_of_the_demo_stages():
 
 
 def test_demo_schedule():
-    """The demo's order with max_parallel 2 (simulated with session-5 stage times): the R1 chain runs back to
-    back; the student's pretraining waits for the teacher's (``after``), then runs beside the chain; the side
-    evaluations and the baseline student fill the second slot; nothing waits for a stage it does not read."""
+    """The demo's order with max_parallel 2 (simulated with session-7 stage times): pretraining and R1-Zero run
+    as two processes each, alone; then the R1 chain runs back to back, and beside it the student's pretraining,
+    the side evaluations and the baseline student fill the second slot; nothing waits for a stage it does not read."""
     cfg = load_config(str(ROOT / "examples/tiny/demo.yaml"), [])
-    secs = {"pretrain": 650, "r1_zero": 170, "pretrain_student": 290, "cold_start_data": 29, "cold_start_sft": 28,
-            "reasoning_rl": 70, "rejection": 51, "sft_r1": 38, "reward_model": 44, "all_scenario_rl": 82,
-            "distill": 35, "eval_r1": 32, "eval_student": 13, "eval_base": 30, "eval_r1_zero": 33,
-            "rejection_base": 23, "distill_base": 32, "eval_student_base": 12}
+    secs = {"pretrain": 342, "r1_zero": 125, "pretrain_student": 175, "cold_start_data": 26, "cold_start_sft": 26,
+            "reasoning_rl": 48, "rejection": 43, "sft_r1": 32, "reward_model": 35, "all_scenario_rl": 52,
+            "distill": 33, "eval_r1": 33, "eval_student": 17, "eval_base": 29, "eval_r1_zero": 33,
+            "rejection_base": 21, "distill_base": 32, "eval_student_base": 16}
     sched = _Scheduler(cfg, [(st, Path("/nonexistent") / st.name, "", "run") for st in cfg.pipeline.stages], [],
                        cfg.pipeline.max_parallel, log=lambda msg: None)
     start, end, now = {}, {}, 0
@@ -46,14 +46,14 @@ def test_demo_schedule():
         while (i := sched._startable()) is not None:
             name = sched.todo[i][0].name
             sched.started.add(name)
-            sched.running[name] = None
+            sched.running[name] = ([None] * sched.todo[i][0].processes,)  # its processes fill as many slots
             start[name] = now
         name = min(sched.running, key=lambda n: start[n] + secs[n])
         now = end[name] = start[name] + secs[name]
         del sched.running[name]
         sched.done.add(name)
-    assert cfg.pipeline.max_parallel == 2
-    assert start["r1_zero"] == start["pretrain_student"] == end["pretrain"]  # not beside the teacher's pretraining
+    assert cfg.pipeline.max_parallel == 2 and cfg.stage("pretrain").processes == cfg.stage("r1_zero").processes == 2
+    assert start["r1_zero"] == end["pretrain"] and start["pretrain_student"] == end["r1_zero"]  # both slots each
     chain = ["pretrain", "r1_zero", "cold_start_data", "cold_start_sft", "reasoning_rl", "rejection", "sft_r1",
              "reward_model", "all_scenario_rl", "distill", "eval_student"]
     assert all(start[b] == end[a] for a, b in zip(chain, chain[1:]))  # the chain never waits for a slot
@@ -61,7 +61,7 @@ def test_demo_schedule():
         assert start[name] >= end["pretrain_student"]  # side work after the student, in the second slot
     for name, deps in {n: dependencies(cfg, cfg.stage(n)) for n in secs}.items():
         assert all(start[name] >= end[d] for d in deps), name
-    assert max(end.values()) == end["eval_student"] < sum(secs.values()) - 400
+    assert max(end.values()) == end["eval_student_base"] < sum(secs.values()) - 300  # 795 s of 1118
 
 
 def test_after_names_an_earlier_stage():
@@ -72,6 +72,24 @@ def test_after_names_an_earlier_stage():
 def test_max_parallel_must_be_a_positive_integer():
     with pytest.raises(ConfigError, match="pipeline.max_parallel"):
         load_config(str(ROOT / "examples/tiny/demo.yaml"), ["pipeline.max_parallel=0"])
+
+
+def test_a_stage_is_checked_for_its_own_processes():
+    """Each stage's batch layout is checked for the world it runs on: the demo's pretraining (2 processes) for
+    data parallelism 2, the other stages for 1; more processes than slots, or a global batch that 2 ranks
+    cannot split, is an error before anything runs."""
+    demo = str(ROOT / "examples/tiny/demo.yaml")
+    load_config(demo, [], world_size=1)
+    with pytest.raises(ConfigError, match=r"stage 'pretrain': optimizer.global_batch_size: 16 is not a multiple of "
+                                          r"micro_batch_size\*DP = 16\*2 = 32"):
+        load_config(demo, ["pipeline.stages.pretrain.overrides.optimizer.micro_batch_size=16"], world_size=1)
+    with pytest.raises(ConfigError, match=r"stages\[pretrain\].processes: 3 processes need pipeline.max_parallel >= 3"):
+        load_config(demo, ["pipeline.stages.pretrain.processes=3"], world_size=1)
+    # one stage after another in one process: processes does not apply, the batch is checked for one rank
+    one = load_config(demo, ["pipeline.max_parallel=1"], world_size=1)
+    assert one.pipeline.stage_world(one.stage("pretrain"), 1) == 1
+    with pytest.raises(ConfigError, match=r"stages\[r1_zero\].processes: got 0"):
+        load_config(demo, ["pipeline.stages.r1_zero.processes=0"], world_size=1)
 
 
 CONFIG = {
@@ -145,3 +163,63 @@ def test_parallel_stages_wait_fail_and_rerun(tmp_path):
     for name in ("d", "e"):
         assert json.loads((run / name / "manifest.json").read_text())["status"] == "complete"
     assert (run / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_two_process_stage_trains_like_one_process(tmp_path):
+    """``processes: 2``: the stage runs as two data-parallel ranks (one log each), takes both slots (the next
+    stage waits), and trains the same model as one process does on the same global batch."""
+    run = tmp_path / "run"
+    stages = [{"name": "two", "kind": "pretrain", "steps": 4, "processes": 2},
+              {"name": "one", "kind": "pretrain", "steps": 4}]
+    cfg = {**CONFIG, "optimizer": {**CONFIG["optimizer"], "micro_batch_size": 2, "global_batch_size": 4},
+           "pipeline": {"run_dir": str(run), "max_parallel": 2, "stages": stages}}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = _run(path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "stage two (pretrain): started in processes" in res.stdout and "(ranks 0-1)" in res.stdout
+    assert "rank 0 of 2" in (run / "two" / "stage.log").read_text()
+    assert "rank 1 of 2" in (run / "two" / "stage.rank1.log").read_text()
+    assert _times(run, "one")[0] >= _times(run, "two")[1]  # two held both slots
+    two = json.loads((run / "two" / "train_summary.json").read_text())
+    one = json.loads((run / "one" / "train_summary.json").read_text())
+    assert two["steps"] == one["steps"] == 4
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4) and two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
+
+
+class _FakeProcess:
+    def __init__(self, exitcode=None):
+        self.exitcode, self.pid, self.killed = exitcode, 1, False
+
+    def is_alive(self):
+        return self.exitcode is None
+
+    def kill(self):
+        self.killed, self.exitcode = True, -9
+
+    def join(self, timeout=None):
+        pass
+
+
+def test_a_failed_rank_stops_its_stage(tmp_path, monkeypatch):
+    """When one rank of a stage exits with an error, the others (which would wait for it in their next
+    collective until the process group's timeout) are killed after a grace period, and the failure names
+    the failed rank's log."""
+    from r1mega.pipeline import scheduler
+
+    cfg = load_config(str(ROOT / "examples/tiny/demo.yaml"), [])
+    sched = _Scheduler(cfg, [(st, tmp_path / st.name, "", "run") for st in cfg.pipeline.stages], [], 2,
+                       log=lambda msg: None)
+    (tmp_path / "pretrain").mkdir()
+    rank0, rank1 = _FakeProcess(), _FakeProcess(exitcode=1)
+    sched.running["pretrain"] = ([rank0, rank1], scheduler._Tail(tmp_path / "pretrain" / "stage.log"),
+                                 tmp_path / "pretrain", 0.0)
+    sched._reap()
+    assert not rank0.killed and "pretrain" in sched.running  # within the grace period
+    monkeypatch.setattr(scheduler, "RANK_GRACE_S", 0)
+    sched._reap()  # rank 0 killed
+    sched._reap()  # both gone: the stage failed, at rank 1
+    assert rank0.killed and "pretrain" not in sched.running
+    assert sched.failed == [("pretrain", 1, tmp_path / "pretrain" / "stage.rank1.log")]
+    assert sched._startable() is None  # nothing new starts after a failure
