@@ -25,7 +25,12 @@ samples/s and generated tokens/s; the table shows the median over ``--iters`` it
 ``--warmup``. Step-0 rewards / loss / grad norm of both sides are printed as a sanity check.
 
     .venv/bin/python benchmarks/grpo_step.py [--iters 8] [--warmup 2] [--max-new-tokens 96]
-        [--threads N] [--engines vllm[,megatron]] [--no-trl] [--trl-venv benchmarks/.trl-venv] [--json OUT]
+        [--threads N] [--processes P] [--trl-threads N] [--engines vllm[,megatron]] [--no-trl]
+        [--trl-venv benchmarks/.trl-venv] [--json OUT]
+
+``--processes 2 --threads 1 --trl-threads 2`` gives each side the 2 cores its own way: r1mega as two
+data-parallel processes of one thread (torchrun, gloo; each generates and trains on half the prompts,
+one seed per sample as in one process), TRL as one process of two threads.
 """
 from __future__ import annotations
 
@@ -61,7 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--micro", type=int, default=16, help="microbatch size; one optimizer step per iteration")
     ap.add_argument("--seed", type=int, default=1234, help="prompt/data seed (r1mega data.seed)")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads of every row (0 = torch's default, one per core); the same on both sides")
+                    help="torch threads of every row (0 = torch's default, one per core); the same on both sides "
+                         "unless --trl-threads is given")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="r1mega rows: data-parallel processes (torchrun, gloo), each with --threads threads")
+    ap.add_argument("--trl-threads", type=int, default=None, help="torch threads of the TRL row (default --threads)")
     ap.add_argument("--engines", default="vllm", help="comma list of r1mega rollout engines: vllm, megatron")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL row")
     ap.add_argument("--trl-venv", default=str(DEFAULT_TRL_VENV), help="TRL virtualenv (created if missing)")
@@ -84,6 +93,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--engines: unknown {bad} (expected vllm, megatron)")
     if a.threads < 0:
         ap.error("--threads must be >= 0")
+    if a.processes < 1:
+        ap.error("--processes must be >= 1")
+    if a.processes > 1 and not a.threads:
+        ap.error(f"--processes {a.processes} needs --threads (e.g. 1: {a.processes} processes of one thread)")
+    if a.processes > 1 and a.prompts % a.processes:
+        ap.error(f"--processes {a.processes} must divide --prompts {a.prompts}")
+    if a.trl_threads is not None and a.trl_threads < 1:
+        ap.error("--trl-threads must be >= 1")
     for name in ("iters", "prompts", "group", "max_new_tokens", "micro"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -142,6 +159,7 @@ def worker_r1mega(a) -> None:
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     cfg = load_config(str(path))
     set_cpu_threads(cfg.cpu_threads)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun (--processes): rank 0 reports
     stage = cfg.select_stage("grpo")
     t = time.perf_counter()
     st = GRPOStage(cfg.for_stage(stage), stage)
@@ -167,13 +185,17 @@ def worker_r1mega(a) -> None:
                           "loss_pg": m.get("train/loss/pg"), "loss_kl": m.get("train/loss/kl"),
                           "kl": m.get("train/kl/k3"), "mismatch": m.get("rollout_mismatch/mean_abs"),
                           "train_metrics": {k: v for k, v in m.items() if k.startswith("train/")}})
-            print(f"[r1mega/{a.engine}] it {it}: {wall:.2f}s (cpu {cpu:.2f}s) reward {m['reward/total']:.3f} "
-                  f"len {m['response/length_mean']:.1f} load {la:.1f}", flush=True)
+            if rank0:
+                print(f"[r1mega/{a.engine}] it {it}: {wall:.2f}s (cpu {cpu:.2f}s) reward {m['reward/total']:.3f} "
+                      f"len {m['response/length_mean']:.1f} load {la:.1f}", flush=True)
     finally:
         st.rewards.close()
         st.rollout.shutdown()
-    res = {"name": f"r1mega/{a.engine}", "setup_s": setup, "torch_threads": torch.get_num_threads(),
-           "versions": {"torch": torch.__version__}, "iters": iters, **_common_row(a)}
+    if not rank0:
+        return
+    procs = f" x{a.processes} procs" if a.processes > 1 else ""
+    res = {"name": f"r1mega/{a.engine}{procs}", "setup_s": setup, "torch_threads": torch.get_num_threads(),
+           "processes": a.processes, "versions": {"torch": torch.__version__}, "iters": iters, **_common_row(a)}
     try:
         import megatron.core
         import vllm
@@ -496,19 +518,24 @@ def run_rows(a, work: Path) -> list:
         export_hf(ckpt, tokenizer, work)
     common = ["--iters", a.iters, "--warmup", a.warmup, "--prompts", a.prompts, "--group", a.group,
               "--max-new-tokens", a.max_new_tokens, "--kl", a.kl, "--lr", a.lr, "--micro", a.micro, "--seed", a.seed,
-              "--workdir", work, "--ckpt", ckpt, "--tokenizer", tokenizer, "--threads", a.threads]
+              "--workdir", work, "--ckpt", ckpt, "--tokenizer", tokenizer, "--processes", a.processes]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     results = []
     for e in a.engines:
         out = work / f"r1mega-{e}.json"
-        _run([sys.executable, __file__, "--worker", "r1mega", "--engine", e, "--out", out, *common], env=env,
-             log=work / f"r1mega-{e}.log")
+        launch = [sys.executable]
+        if a.processes > 1:
+            launch = [Path(sys.executable).parent / "torchrun", "--standalone", "--nproc-per-node", a.processes]
+        _run([*launch, __file__, "--worker", "r1mega", "--engine", e, "--out", out, *common, "--threads", a.threads],
+             env=env, log=work / f"r1mega-{e}.log")
         results.append(json.loads(out.read_text()))
     if not a.no_trl:
         py = ensure_trl_env(Path(a.trl_venv))
         out = work / "trl.json"
         tenv = {**env, "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), "TOKENIZERS_PARALLELISM": "false"}
-        _run([py, __file__, "--worker", "trl", "--out", out, *common], env=tenv, log=work / "trl.log")
+        threads = a.threads if a.trl_threads is None else a.trl_threads
+        _run([py, __file__, "--worker", "trl", "--out", out, *common, "--threads", threads], env=tenv,
+             log=work / "trl.log")
         results.append(json.loads(out.read_text()))
     return results
 

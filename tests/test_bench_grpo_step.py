@@ -27,8 +27,25 @@ def test_defaults_and_flags():
     assert a.engines == ["vllm", "megatron"] and a.max_new_tokens == 64 and a.no_trl and a.iters == 3
 
 
+def test_processes_and_trl_threads(tmp_path):
+    """--processes runs the r1mega rows as data-parallel ranks of --threads threads each; TRL keeps its own thread count."""
+    from r1mega.config.loader import load_config
+    from r1mega.data.tokenizer import default_tokenizer_dir
+
+    b = _bench()
+    a = b.parse_args(["--processes", "2", "--threads", "1", "--trl-threads", "2"])
+    assert (a.processes, a.threads, a.trl_threads) == (2, 1, 2)
+    assert b.parse_args([]).processes == 1 and b.parse_args([]).trl_threads is None
+    (tmp_path / "ckpt").mkdir()
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(b.r1mega_config(a, tmp_path, "vllm", str(tmp_path / "ckpt"), str(default_tokenizer_dir()))))
+    cfg = load_config(str(path), world_size=2)  # one step over the 64 rollouts = 2 ranks x 2 microbatches of 16
+    assert cfg.optimizer.global_batch_size == 64 and cfg.cpu_threads == 1
+
+
 @pytest.mark.parametrize("argv", [["--engines", "sglang"], ["--micro", "7"], ["--iters", "0"], ["--warmup", "-1"],
-                                  ["--threads", "-1"]])
+                                  ["--threads", "-1"], ["--processes", "2"], ["--processes", "3", "--threads", "1"],
+                                  ["--processes", "0"], ["--trl-threads", "0"]])
 def test_bad_flags_are_refused(argv):
     with pytest.raises(SystemExit):
         _bench().parse_args(argv)
