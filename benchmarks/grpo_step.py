@@ -25,12 +25,14 @@ samples/s and generated tokens/s; the table shows the median over ``--iters`` it
 ``--warmup``. Step-0 rewards / loss / grad norm of both sides are printed as a sanity check.
 
     .venv/bin/python benchmarks/grpo_step.py [--iters 8] [--warmup 2] [--max-new-tokens 96]
-        [--threads N] [--processes P] [--trl-threads N] [--engines vllm[,megatron]] [--no-trl]
+        [--threads N] [--processes P] [--trl-threads N] [--trl-processes P] [--engines vllm[,megatron]] [--no-trl]
         [--trl-venv benchmarks/.trl-venv] [--json OUT]
 
 ``--processes 2 --threads 1 --trl-threads 2`` gives each side the 2 cores its own way: r1mega as two
 data-parallel processes of one thread (torchrun, gloo; each generates and trains on half the prompts,
-one seed per sample as in one process), TRL as one process of two threads.
+one seed per sample as in one process), TRL as one process of two threads; ``--trl-processes 2 --trl-threads 1``
+runs TRL's data-parallel way (torchrun + accelerate, gloo; per-device batch --micro, gradient accumulation
+cut by the process count, so one optimizer step still covers the 64 rollouts).
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--processes", type=int, default=1,
                     help="r1mega rows: data-parallel processes (torchrun, gloo), each with --threads threads")
     ap.add_argument("--trl-threads", type=int, default=None, help="torch threads of the TRL row (default --threads)")
+    ap.add_argument("--trl-processes", type=int, default=1,
+                    help="TRL row: data-parallel processes (torchrun + accelerate, gloo), each with --trl-threads threads")
     ap.add_argument("--engines", default="vllm", help="comma list of r1mega rollout engines: vllm, megatron")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL row")
     ap.add_argument("--trl-venv", default=str(DEFAULT_TRL_VENV), help="TRL virtualenv (created if missing)")
@@ -101,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--processes {a.processes} must divide --prompts {a.prompts}")
     if a.trl_threads is not None and a.trl_threads < 1:
         ap.error("--trl-threads must be >= 1")
+    if a.trl_processes < 1 or (a.prompts * a.group) % (a.micro * a.trl_processes):
+        ap.error(f"--trl-processes {a.trl_processes} must be >= 1 and --micro x it must divide prompts*group "
+                 f"= {a.prompts * a.group}")
     for name in ("iters", "prompts", "group", "max_new_tokens", "micro"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -256,8 +263,11 @@ def worker_trl(a) -> None:
     format_.__name__ = "format"  # TRL logs rewards/<name>/mean
 
     rows = a.prompts * a.group
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun (--trl-processes)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     args = GRPOConfig(
-        output_dir=str(work / "trl-out"), per_device_train_batch_size=a.micro, gradient_accumulation_steps=rows // a.micro,
+        output_dir=str(work / "trl-out"), per_device_train_batch_size=a.micro,
+        gradient_accumulation_steps=rows // (a.micro * world),
         num_generations=a.group, max_completion_length=a.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=a.kl, epsilon=0.2, num_iterations=1, loss_type="grpo", scale_rewards="group",
         learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01, adam_beta1=0.9,
@@ -289,7 +299,8 @@ def worker_trl(a) -> None:
             print(f"[trl] step {len(steps_out) - 1} done: {now - self.t:.2f}s (cpu {cpu - self.c:.2f}s) "
                   f"rollout {cur['rollout']:.2f}s, {cur['gen_tokens']} tokens", flush=True)
             self.t, self.c = now, cpu
-            Path(str(a.out) + ".partial").write_text(json.dumps({"steps": steps_out, "logs": logs_list}, default=str))
+            if rank0:
+                Path(str(a.out) + ".partial").write_text(json.dumps({"steps": steps_out, "logs": logs_list}, default=str))
             for k in ("rollout", "rewards", "logprobs", "score_total"):
                 cur[k] = 0.0
             cur.update(gen_tokens=0, samples=0, clipped=0)
@@ -297,7 +308,9 @@ def worker_trl(a) -> None:
         def on_log(self, args_, st, control, logs=None, **kw):
             if logs is not None:
                 logs_list.append(dict(logs))
-                Path(str(a.out) + ".partial").write_text(json.dumps({"steps": steps_out, "logs": logs_list}, default=str))
+                if rank0:
+                    Path(str(a.out) + ".partial").write_text(json.dumps({"steps": steps_out, "logs": logs_list},
+                                                                        default=str))
 
     logs_list = logs
     trainer = GRPOTrainer(model=model, reward_funcs=[accuracy, format_], args=args, train_dataset=ds,
@@ -356,11 +369,15 @@ def worker_trl(a) -> None:
         trainer.train()
     finally:
         rc.close()
+    if not rank0:
+        return
     iters = trl_iters(steps_out, logs)
     for i in iters:
+        i["gen_tokens"] *= world  # counted on rank 0, which generates 1/world of the completions
         print(f"[trl] it {i['it']}: {i['wall']:.2f}s (cpu {i['cpu']:.2f}s) reward {i['reward'] or float('nan'):.3f} "
               f"len {i['length_mean'] or float('nan'):.1f} load {i['load1'] or 0:.1f}", flush=True)
-    res = {"name": "trl", "setup_s": setup, "torch_threads": torch.get_num_threads(), "iters": iters,
+    res = {"name": "trl" + (f" x{world} procs" if world > 1 else ""), "setup_s": setup,
+           "torch_threads": torch.get_num_threads(), "processes": world, "iters": iters,
            "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
                         "datasets": datasets.__version__}, **_common_row(a)}
     Path(a.out).write_text(json.dumps(res))
@@ -478,7 +495,8 @@ def summarize(res: dict, warmup: int) -> dict:
 def print_table(results: list, sums: list, warmup: int) -> None:
     hdr = f"{'row':16} {'iter s':>7} {'cpu s':>6} {'samples/s':>9} {'gen tok/s':>9} {'gen tok':>7} " + \
           " ".join(f"{p:>8}" for p in PHASES) + f" {'load1':>6}"
-    print("\nmedian per iteration (seconds; phases are medians of each phase, so they need not add up):")
+    print("\nmedian per iteration (seconds; phases are medians of each phase, so they need not add up; "
+          "cpu s: the process's CPU time, rank 0's for a multi-process row):")
     print(hdr)
     print("-" * len(hdr))
     for r, s in zip(results, sums):
@@ -489,8 +507,10 @@ def print_table(results: list, sums: list, warmup: int) -> None:
     if base is not None:
         for r, s in zip(results, sums):
             if not r["name"].startswith("trl"):
-                print(f"{r['name']} vs trl: {base['wall'] / s['wall']:.2f}x faster per iteration (wall), "
-                      f"{base['cpu'] / s['cpu']:.2f}x less process CPU time "
+                trl_procs = next(x.get("processes", 1) for x in results if x["name"].startswith("trl"))
+                cpu = (f"{base['cpu'] / s['cpu']:.2f}x less process CPU time" if r.get("processes", 1) == trl_procs == 1
+                       else "CPU time not compared (cpu s is rank 0's alone)")
+                print(f"{r['name']} vs trl: {base['wall'] / s['wall']:.2f}x faster per iteration (wall), {cpu} "
                       f"(samples/s ratio {s['samples_s'] / base['samples_s']:.2f}, "
                       f"gen tokens/s ratio {s['tokens_s'] / base['tokens_s']:.2f}; target >= 2x)")
     print("\nstep 0 (no update yet: same weights on every row) | mean over the timed iterations:")
@@ -534,7 +554,10 @@ def run_rows(a, work: Path) -> list:
         out = work / "trl.json"
         tenv = {**env, "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), "TOKENIZERS_PARALLELISM": "false"}
         threads = a.threads if a.trl_threads is None else a.trl_threads
-        _run([py, __file__, "--worker", "trl", "--out", out, *common, "--threads", threads], env=tenv,
+        launch = [py]
+        if a.trl_processes > 1:
+            launch = [Path(py).parent / "torchrun", "--standalone", "--nproc-per-node", a.trl_processes]
+        _run([*launch, __file__, "--worker", "trl", "--out", out, *common, "--threads", threads], env=tenv,
              log=work / "trl.log")
         results.append(json.loads(out.read_text()))
     return results

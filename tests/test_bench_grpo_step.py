@@ -36,6 +36,7 @@ def test_processes_and_trl_threads(tmp_path):
     a = b.parse_args(["--processes", "2", "--threads", "1", "--trl-threads", "2"])
     assert (a.processes, a.threads, a.trl_threads) == (2, 1, 2)
     assert b.parse_args([]).processes == 1 and b.parse_args([]).trl_threads is None
+    assert b.parse_args(["--trl-processes", "2", "--trl-threads", "1"]).trl_processes == 2  # 2 x 16 divides 64
     (tmp_path / "ckpt").mkdir()
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(b.r1mega_config(a, tmp_path, "vllm", str(tmp_path / "ckpt"), str(default_tokenizer_dir()))))
@@ -45,7 +46,7 @@ def test_processes_and_trl_threads(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--engines", "sglang"], ["--micro", "7"], ["--iters", "0"], ["--warmup", "-1"],
                                   ["--threads", "-1"], ["--processes", "2"], ["--processes", "3", "--threads", "1"],
-                                  ["--processes", "0"], ["--trl-threads", "0"]])
+                                  ["--processes", "0"], ["--trl-threads", "0"], ["--trl-processes", "3"]])
 def test_bad_flags_are_refused(argv):
     with pytest.raises(SystemExit):
         _bench().parse_args(argv)
