@@ -9,9 +9,9 @@ from .base import ConfigError, check, doc
 from .schema import suggest
 from .stage import StageConfig
 
-# Report roles (r1mega report): role -> the eval stage whose results stand for it (defaults: the demo's names).
 # Set in the processes the pipeline scheduler (r1mega/pipeline/scheduler.py) starts for a stage.
 STAGE_PROCESS_ENV = "R1MEGA_STAGE_PROCESS"
+# Report roles (r1mega report): role -> the eval stage whose results stand for it (defaults: the demo's names).
 REPORT_ROLES = {"base": "eval_base", "r1_zero": "eval_r1_zero", "r1": "eval_r1", "student": "eval_student",
                 "student_base": "eval_student_base"}
 

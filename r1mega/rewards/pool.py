@@ -94,6 +94,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._starter: Optional[threading.Thread] = None
         self._pid = os.getpid()
 
     # -- worker lifecycle -------------------------------------------------------------------------------
@@ -144,7 +145,8 @@ class WorkerPool:
                     self._ensure_started()
 
         if background:
-            threading.Thread(target=go, name="r1mega-reward-pool-start", daemon=True).start()
+            self._starter = threading.Thread(target=go, name="r1mega-reward-pool-start", daemon=True)
+            self._starter.start()
         else:
             go()
 
@@ -234,6 +236,8 @@ class WorkerPool:
     def close(self) -> None:
         if self._closed:
             return
+        if self._starter is not None:  # a background start still spawning: let it finish, then stop its workers
+            self._starter.join(self.startup_timeout_s)
         self._closed = True
         if os.getpid() != self._pid:
             return

@@ -39,3 +39,10 @@ def test_pool_started_in_the_background_before_the_first_run():
     closed.close()
     closed.start()  # no error, no workers
     assert closed._workers == []
+    # closed while its background start is still spawning (a stage failing during set-up): no worker outlives it
+    racing = WorkerPool(num_workers=2, start_method="forkserver", worker_memory_mb=2048)
+    racing.start(background=True)
+    spawned = racing._workers  # the list the start appends to (close() then replaces it)
+    racing.close()
+    assert not racing._starter.is_alive() and racing._workers == []
+    assert len(spawned) == 2 and all(not w.proc.is_alive() for w in spawned)
