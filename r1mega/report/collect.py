@@ -228,9 +228,11 @@ def learning_checks(evals: dict, roles: dict) -> list[dict]:
                 parts.append(f"{key} not available (not checked)")
                 continue
             # "higher": strictly, except that both at the ceiling (100%) cannot be higher and pass
-            better = a > b + 1e-12 or (a >= 1 - 5e-4 and b >= 1 - 5e-4)
+            ceiling = a >= 1 - 5e-4 and b >= 1 - 5e-4
+            better = a > b + 1e-12 or ceiling
             ok = ok and better
-            parts.append(f"{key} R1 {pct(a)} vs R1-Zero {pct(b)}" + ("" if better else " (not higher)"))
+            note = " (both at the 100% ceiling: not shown higher)" if ceiling else ("" if better else " (not higher)")
+            parts.append(f"{key} R1 {pct(a)} vs R1-Zero {pct(b)}" + note)
         checks.append({"name": name, "status": "PASS" if ok else "FAIL", "detail": "; ".join(parts), "values": values})
 
     name = "distilled student pass@1 > student trained on base samples"

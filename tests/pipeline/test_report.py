@@ -232,3 +232,16 @@ def test_cli_bad_paths(tmp_path, capsys):
     assert "need a CONFIG, not a run directory" in capsys.readouterr().err
     assert cli.main(["report"]) == 2
     assert "usage: r1mega report" in capsys.readouterr().err
+
+
+def test_format_tied_at_the_ceiling_passes_and_says_so(run):
+    """Both at 100% format cannot be "higher": the check passes but its detail says the gain is not shown."""
+    run_dir, cfg_path = run
+    _eval(run_dir / "eval_r1_zero", _row(0.5, 0.75, 0.5, 1.0, 30.0), _row(0.4, 0.6, 0.4, 1.0, 31.0),
+          _row(0.45, 0.675, 0.45, 1.0, 30.5, n=8), texts=[ENGLISH, CHINESE])
+    _eval(run_dir / "eval_r1", _row(0.6, 0.8, 0.6, 1.0, 25.0), _row(0.5, 0.7, 0.5, 1.0, 26.0),
+          _row(0.55, 0.75, 0.55, 1.0, 25.5, n=8), texts=[ENGLISH, ENGLISH])
+    md = write_report(run_dir, load_config(str(cfg_path))).read_text()
+    assert ("- **PASS** R1 pass@1 >= R1-Zero pass@1, with higher format and language scores: pass@1 R1 55.0% vs "
+            "R1-Zero 45.0%; format R1 100.0% vs R1-Zero 100.0% (both at the 100% ceiling: not shown higher); "
+            "language R1 100.0% vs R1-Zero 50.0%") in md
