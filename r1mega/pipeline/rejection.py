@@ -90,25 +90,25 @@ def run_stage(cfg, stage_name: str) -> dict:
 
         raise ConfigError(f"pipeline.stages[{stage.name}].init_from", "rejection sampling needs the RL model to sample from")
     # the readability/correctness rewards of stage 2; the workers start while the model loads and samples
-    computer = RewardComputer(dataclasses.replace(cfg.rewards, preset="r1_stage2")).warm_up()
-    policy = TrainEngine(cfg.model, cfg.parallel, None, seed=rc.seed, mtp=False)
-    CheckpointManager(init.parent).load(policy, init, load_optimizer=False)
-    engine = make_engine(cfg, policy, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}))
-    sampling = Sampling.from_config(cfg.rollout, n=rc.samples_per_prompt, temperature=rc.temperature,
-                                    top_p=rc.top_p, seed=rc.seed)
-    items = TaskPrompts(tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template, seed=rc.seed).batch(0, rc.num_prompts)
-    try:
-        ro = engine.generate([i.ids for i in items], sampling, n=rc.samples_per_prompt)
-        samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type, gold=items[c.prompt_index].gold,
-                                prompt=items[c.prompt_index].text, response_tokens=len(c.token_ids),
-                                max_tokens=sampling.max_new_tokens) for c in ro.completions]
-        with computer:
+    with RewardComputer(dataclasses.replace(cfg.rewards, preset="r1_stage2")).warm_up() as computer:
+        policy = TrainEngine(cfg.model, cfg.parallel, None, seed=rc.seed, mtp=False)
+        CheckpointManager(init.parent).load(policy, init, load_optimizer=False)
+        engine = make_engine(cfg, policy, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}))
+        sampling = Sampling.from_config(cfg.rollout, n=rc.samples_per_prompt, temperature=rc.temperature,
+                                        top_p=rc.top_p, seed=rc.seed)
+        items = TaskPrompts(tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
+                            seed=rc.seed).batch(0, rc.num_prompts)
+        try:
+            ro = engine.generate([i.ids for i in items], sampling, n=rc.samples_per_prompt)
+            samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
+                                    gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
+                                    response_tokens=len(c.token_ids), max_tokens=sampling.max_new_tokens)
+                       for c in ro.completions]
             _, _, comps = gather_rewards(computer, samples)
-        if dist.is_initialized():
-            dist.barrier()
-    finally:
-        computer.close()
-        engine.shutdown()  # (vLLM: also ends the process group; only local work follows)
+            if dist.is_initialized():
+                dist.barrier()
+        finally:
+            engine.shutdown()  # (vLLM: also ends the process group; only local work follows)
     rows, stats = select_samples(ro.completions, comps, items, rc)
     if rc.worked_solutions:
         from r1mega.data.tasks import generate_problems
