@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=8, help="samples per problem at temperature 1.0 (0: greedy only)")
     ap.add_argument("--difficulties", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tasks", nargs="+", default=["arith", "word"])
+    ap.add_argument("--lang", choices=("en", "zh"), default="en", help="the language the questions are asked in")
     ap.add_argument("--split", choices=("test", "train"), default="test",
                     help="test: held-out problems (default); train: training-split problems (recall, for comparison)")
     ap.add_argument("--show", type=int, default=6, help="greedy examples to print")
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
         engine = make_engine(cfg, trainer_engine=policy, load_trainer_weights=True)
     else:
         engine = make_engine(cfg, trainer_engine=policy, tokenizer=tok, max_batch=a.batch)
-    problems = [p for t in a.tasks for p in task_problems(t, a.n, a.difficulties, seed=a.seed, split=a.split)]
+    problems = [p for t in a.tasks for p in task_problems(t, a.n, a.difficulties, seed=a.seed, split=a.split,
+                                                               lang=a.lang)]
     print(f"[heldout] checkpoint {ckpt}: {len(problems)} {'held-out' if a.split == 'test' else 'train-split'} problems, engine ready in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
 
@@ -129,6 +131,12 @@ def main(argv=None) -> int:
             acc = f"{100 * sum(sel) / len(sel):.1f}% correct" if sel else "-"
             print(f"[heldout] multi-step problems, {name} answers ({'T=1' if a.k > 0 else 'greedy'}): "
                   f"{100 * len(sel) / len(outs):.1f}% of {len(outs)}, {acc}", flush=True)
+        zh_step = re.escape(STEP_WORDS["zh"]["step"].format(k=1))
+        worked = [x.text for r in multi for x in r.samples if re.search(first_step, x.text)]
+        if worked:
+            share = sum(bool(re.search(zh_step, t)) for t in worked) / len(worked)
+            print(f"[heldout] worked answers with Chinese step words: {100 * share:.1f}% (questions asked in "
+                  f"{a.lang})", flush=True)
     names = [n for n in g if n != "all"] + ["all"] if "all" in g else list(g)
     hdr = f"{'set':10s} {'n':>4s} {'greedy':>7s} {'format':>7s} {'pass@1':>7s} {f'pass@{a.k}':>7s} {'fmt(T=1)':>8s}"
     print(hdr)

@@ -28,6 +28,10 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
         validate = getattr(getattr(cfg, name), "validate", None)
         if callable(validate):
             validate(name)
+    if cfg.data.tokenizer_path is None:  # the built-in tokenizer must fit the model's embedding
+        check(cfg.data.tokenizer_vocab_size <= cfg.model.vocab_size, "data.tokenizer_vocab_size",
+              f"{cfg.data.tokenizer_vocab_size} tokens do not fit model.vocab_size={cfg.model.vocab_size}; "
+              "set model.vocab_size to at least that, or use a smaller built-in tokenizer")
     check_layout(cfg.model, cfg.parallel, cfg.data.seq_length, world_size)
     check_batch(cfg.optimizer, cfg.parallel, world_size)
     if stage is None or stage.generates:

@@ -14,11 +14,14 @@ from .base import check, check_int, doc
 
 @dataclass
 class DataConfig:
-    tokenizer_path: Optional[str] = doc(None, "Tokenizer: a tokenizer.json file or a Hugging Face tokenizer directory (None = the built-in default).")
+    tokenizer_path: Optional[str] = doc(None, "Tokenizer: a tokenizer.json file or a Hugging Face tokenizer directory (None = the built-in tokenizer, see tokenizer_vocab_size).")
+    tokenizer_vocab_size: int = doc(512, "Size of the built-in tokenizer (without tokenizer_path): a multiple of 64, trained on first use and cached; at most model.vocab_size. It holds 256 byte symbols, the R1 tags and the ~100 Chinese characters of the tasks; the rest are BPE merges (640 leaves room for as many merges as 512 did before the Chinese questions).")
     train_paths: list[str] = doc([], "Training data files (.jsonl/.parquet) or directories; 'stage:NAME/file' = an earlier stage's output.")
     eval_paths: list[str] = doc([], "Held-out evaluation data files or directories (same forms as train_paths).")
     tasks: list[str] = doc([], "Built-in synthetic tasks to draw prompts from (see r1mega.data.tasks), used besides/instead of paths.")
     difficulties: list[int] = doc([1, 2, 3], "Difficulty levels (1..5) RL prompts are drawn from, uniformly, for the built-in tasks.")
+    zh_prompt_fraction: float = doc(0.0, "Share of the built-in tasks' RL / rejection-sampling prompts asked in Chinese (the same problems, drawn from a separate stream; the language reward with target 'prompt' then asks for a Chinese chain of thought on them).")
+    zh_prompt_tasks: list[str] = doc(["arith", "word"], "Task families whose RL / rejection-sampling prompts may be asked in Chinese (zh_prompt_fraction of theirs).")
     template: str = doc("r1_zero", "Prompt template for RL / evaluation prompts (see r1mega.data.templates: r1_zero, chat, chat_plain).")
     corpus: dict = doc({}, "Pretraining corpus mix: fields of r1mega.data.corpus.CorpusConfig (plain_weight, r1_weight, qa_weight, nonreasoning_weight, zh_fraction, task_weights, difficulty_weights, ...).")
     seq_length: int = doc(512, "Tokens per training sequence (prompt + response for RL/SFT).")
@@ -30,6 +33,9 @@ class DataConfig:
 
     def validate(self, where: str = "data") -> None:
         check_int(self.seq_length, f"{where}.seq_length")
+        check(isinstance(self.tokenizer_vocab_size, int) and not isinstance(self.tokenizer_vocab_size, bool)
+              and self.tokenizer_vocab_size >= 384 and self.tokenizer_vocab_size % 64 == 0,
+              f"{where}.tokenizer_vocab_size", f"got {self.tokenizer_vocab_size!r}, expected a multiple of 64, at least 384 (256 bytes, tags and the tasks' characters are fixed)")
         check(len(self.split) == 3 and all(w >= 0 for w in self.split) and self.split[0] > 0, f"{where}.split",
               f"got {self.split!r}, expected three non-negative weights [train, valid, test] with train > 0")
         check_int(self.max_samples, f"{where}.max_samples", allow_none=True)
@@ -37,6 +43,11 @@ class DataConfig:
         check_int(self.seed, f"{where}.seed", minimum=0)
         check(isinstance(self.difficulties, list) and self.difficulties and all(d in (1, 2, 3, 4, 5) for d in self.difficulties),
               f"{where}.difficulties", f"got {self.difficulties!r}, expected a non-empty list of levels from 1..5")
+        check(isinstance(self.zh_prompt_fraction, (int, float)) and not isinstance(self.zh_prompt_fraction, bool)
+              and 0 <= self.zh_prompt_fraction <= 1, f"{where}.zh_prompt_fraction",
+              f"got {self.zh_prompt_fraction!r}, expected a number in [0, 1]")
+        check(isinstance(self.zh_prompt_tasks, list) and all(t in ("arith", "word") for t in self.zh_prompt_tasks),
+              f"{where}.zh_prompt_tasks", f"got {self.zh_prompt_tasks!r}, expected tasks from ('arith', 'word')")
         from r1mega.data.corpus import CorpusConfig
         from r1mega.data.templates import TEMPLATES
 

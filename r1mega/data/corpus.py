@@ -15,7 +15,11 @@ problems are answered by generalisation, never by recall.
 Language mixing, on purpose: a ``zh_fraction`` share of the worked solutions write their step
 words in Chinese (``第1步：37+12=49。所以答案是49。``) instead of English
 (``Step 1: 37+12=49. The answer is 49.``). The base model therefore sometimes reasons in Chinese
-on an English prompt, which the R1 stage-2 language-consistency reward then has to fix.
+on an English prompt, which the R1 stage-2 language-consistency reward then has to fix. With
+``zh_prompt_fraction`` > 0 that share of the worked problems is *asked* in Chinese
+(``(7-3)*2等于多少？``), and the step words are still drawn independently of the question's language: the
+base model then often reasons in English on a Chinese question, the language mixing the DeepSeek-R1
+paper reports for R1-Zero when RL prompts involve several languages.
 
 Documents are yielded as strings without BOS/EOS; the packer adds them.
 
@@ -78,6 +82,8 @@ class CorpusConfig:
     nonreasoning_weight: float = doc(0.1, "Share of non-reasoning instruction/response pairs (both formats).")
     facts_weight: float = doc(0.0, "Share of dense arithmetic-fact documents ('Facts: 7+5=12, 9*3=27, ...', levels 1-2): the cheapest practice for the easy levels, in the notation of the worked steps.")
     zh_fraction: float = doc(0.2, "Share of worked solutions whose step words are Chinese (language mixing for the stage-2 reward to fix).")
+    zh_prompt_fraction: float = doc(0.0, "Share of worked problems whose question is in Chinese; their step words follow zh_fraction like any other's, so most are answered in English (language mixing relative to the question).")
+    zh_prompt_tasks: list = doc(["arith", "word"], "Task families whose problems may be asked in Chinese (zh_prompt_fraction of theirs).")
     direct_fraction: float = doc(0.0, "Share of multi-step problems (level 2 and up) written as a bare answer, no steps ('<think> The answer is 1. </think> <answer> 1 </answer>', 'Answer: The answer is 1.'). The base model then sometimes answers without working, mostly wrongly on new problems, and R1-Zero's RL can discover that working pays.")
     facts_max: int = doc(99, "Largest +/- operand of the arithmetic-fact documents: at most 20, every fact uses operands up to it (9: the single-digit tables that level-2 steps use); above 20, 70% of facts stay within 20 and the rest go up to it. Factors of * are always single digits.")
     task_weights: dict = doc({"arith": 0.6, "word": 0.4}, "Relative weights of the reasoning task families.")
@@ -96,10 +102,12 @@ class CorpusConfig:
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f"{where}.{k}_weight",
                   f"got {v!r}, expected a non-negative number")
         check(sum(self.weights().values()) > 0, where, "all document weights are 0")
-        for name in ("zh_fraction", "direct_fraction"):
+        for name in ("zh_fraction", "zh_prompt_fraction", "direct_fraction"):
             v = getattr(self, name)
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, f"{where}.{name}",
                   f"got {v!r}, expected a number in [0, 1]")
+        check(isinstance(self.zh_prompt_tasks, list) and all(t in REASONING_TASKS for t in self.zh_prompt_tasks),
+              f"{where}.zh_prompt_tasks", f"got {self.zh_prompt_tasks!r}, expected tasks from {tuple(REASONING_TASKS)}")
         check_int(self.facts_max, f"{where}.facts_max", minimum=9)
         check(isinstance(self.task_weights, dict) and self.task_weights
               and all(t in REASONING_TASKS and w >= 0 for t, w in self.task_weights.items())
@@ -279,8 +287,9 @@ def _language_flags(rng: random.Random, zh_fraction: float, block: int = 50) -> 
 
 
 def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
-    """Endless stream of ``{"kind", "lang", "task", "difficulty", "key", "direct", "text"}``; ``kind`` is
-    one of plain / r1 / qa / nonreasoning / facts, ``key`` the problem's math key (None for plain text),
+    """Endless stream of ``{"kind", "lang", "prompt_lang", "task", "difficulty", "key", "direct", "text"}``;
+    ``kind`` is one of plain / r1 / qa / nonreasoning / facts, ``lang`` the language of the step words,
+    ``prompt_lang`` that of the question, ``key`` the problem's math key (None for plain text),
     ``direct`` whether a multi-step problem is written as a bare answer (``CorpusConfig.direct_fraction``)."""
     cfg = cfg or CorpusConfig()
     cfg.validate()
@@ -288,7 +297,8 @@ def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
     kinds, kw = list(cfg.weights()), list(cfg.weights().values())
     levels = dict(zip(DIFFICULTIES, cfg.difficulty_weights))
     problems = (p for p in iter_problems(cfg.task_weights, levels, seed=cfg.seed, split="train",
-                                         heldout_fraction=cfg.heldout_fraction)
+                                         heldout_fraction=cfg.heldout_fraction, zh_fraction=cfg.zh_prompt_fraction,
+                                         zh_tasks=cfg.zh_prompt_tasks)
                 if problem_is_clean(p, cfg.heldout_fraction))
     zh_flags = _language_flags(random.Random(f"r1mega-corpus-lang:{cfg.seed}"), cfg.zh_fraction)
     direct_rng = random.Random(f"r1mega-corpus-direct:{cfg.seed}")
@@ -297,15 +307,15 @@ def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
     while True:
         kind = rng.choices(kinds, weights=kw)[0]
         if kind == "plain":
-            yield {"kind": kind, "lang": "en", "task": None, "difficulty": None, "key": None,
+            yield {"kind": kind, "lang": "en", "prompt_lang": "en", "task": None, "difficulty": None, "key": None,
                    "direct": False, "text": plain_document(rng)}
         elif kind == "facts":
-            yield {"kind": kind, "lang": "en", "task": None, "difficulty": None, "key": None,
+            yield {"kind": kind, "lang": "en", "prompt_lang": "en", "task": None, "difficulty": None, "key": None,
                    "direct": False, "text": facts_document(rng, cfg.facts_max)}
         elif kind == "nonreasoning":
             p = next(chats)
             text = r1_document(p, "en", cfg.template) if rng.random() < 0.5 else qa_document(p, "en")
-            yield {"kind": kind, "lang": "en", "task": p.task, "difficulty": p.difficulty, "key": p.key,
+            yield {"kind": kind, "lang": "en", "prompt_lang": "en", "task": p.task, "difficulty": p.difficulty, "key": p.key,
                    "direct": False, "text": text}
         else:
             p = next(problems)
@@ -313,7 +323,7 @@ def iter_corpus_records(cfg: Optional[CorpusConfig] = None) -> Iterator[dict]:
             # a separate stream, so direct_fraction 0 leaves every other draw as it was
             direct = len(p.steps) > 1 and direct_rng.random() < cfg.direct_fraction
             text = r1_document(p, lang, cfg.template, direct) if kind == "r1" else qa_document(p, lang, direct)
-            yield {"kind": kind, "lang": lang, "task": p.task, "difficulty": p.difficulty, "key": p.key,
+            yield {"kind": kind, "lang": lang, "prompt_lang": p.lang, "task": p.task, "difficulty": p.difficulty, "key": p.key,
                    "direct": direct, "text": text}
 
 

@@ -23,25 +23,29 @@ GENERAL_TASKS = ("nonreasoning",)  # helpfulness requests: task type 'general', 
 
 class TaskPrompts:
     def __init__(self, tokenizer, tasks: list[str], difficulties: list[int], template: str = "r1_zero",
-                 seed: int = 0, split: str = "train", general: bool = False):
+                 seed: int = 0, split: str = "train", general: bool = False, zh_fraction: float = 0.0,
+                 zh_tasks=None):
         """``general=True`` also draws the non-reasoning requests named in ``tasks`` ('nonreasoning'), as task
-        type 'general' (all-scenario RL); tasks are drawn uniformly. Without it only reasoning tasks are used."""
+        type 'general' (all-scenario RL); tasks are drawn uniformly. Without it only reasoning tasks are used.
+        ``zh_fraction``: share of reasoning prompts (of the ``zh_tasks`` families; None: all) asked in Chinese;
+        each item's ``meta['lang']`` is its question's language (the language reward's target 'prompt' reads it)."""
         names = [t for t in tasks if t in REASONING] or list(REASONING)
         if general:
             names += [t for t in tasks if t in GENERAL_TASKS]
         self.tok, self.template, self.seed, self.split = tokenizer, template, seed, split
+        self.zh_fraction, self.zh_tasks = zh_fraction, zh_tasks
         self.tasks = {t: 1.0 for t in names}
         self.levels = {d: 1.0 for d in difficulties}
 
     def batch(self, iteration: int, n: int, offset: int = 0) -> list[PromptItem]:
         """``n`` prompts of ``iteration`` (``offset`` > 0 draws extra ones, e.g. for dynamic sampling refills)."""
         stream = iter_problems(self.tasks, self.levels, seed=hash((self.seed, iteration, offset)) & 0x7FFFFFFF,
-                               split=self.split)
+                               split=self.split, zh_fraction=self.zh_fraction, zh_tasks=self.zh_tasks)
         out = []
         for p in stream:
             text = render(self.template, p.prompt)
             out.append(PromptItem(text, self.tok.encode(text), p.answer, "math" if p.task in REASONING else "general",
-                                  {"id": p.id, "task": p.task, "difficulty": p.difficulty}))
+                                  {"id": p.id, "task": p.task, "difficulty": p.difficulty, "lang": p.lang}))
             if len(out) == n:
                 return out
         return out

@@ -36,7 +36,8 @@ from typing import Iterable, Optional, Union
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from .tasks.base import TAGS, zh_characters
+from .tasks import zh_characters
+from .tasks.base import TAGS
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -161,6 +162,14 @@ def _tokenizer_dir(path: Union[str, os.PathLike]) -> Path:
     return p
 
 
+def run_tokenizer_dir(data_cfg) -> Path:
+    """The tokenizer directory a run uses: ``data.tokenizer_path``, or the built-in tokenizer of
+    ``data.tokenizer_vocab_size`` tokens (:func:`default_tokenizer_dir`)."""
+    if data_cfg.tokenizer_path:
+        return _tokenizer_dir(data_cfg.tokenizer_path)
+    return default_tokenizer_dir(vocab_size=getattr(data_cfg, "tokenizer_vocab_size", DEFAULT_VOCAB_SIZE))
+
+
 def load_tokenizer(path: Union[str, os.PathLike, None] = None):
     """A ``transformers`` fast tokenizer from a directory or its tokenizer.json (``None`` = the
     default tokenizer, built on first use; see :func:`default_tokenizer_dir`)."""
@@ -180,7 +189,7 @@ def load_raw_tokenizer(path: Union[str, os.PathLike, None] = None) -> Tokenizer:
 def corpus_fingerprint(seed: int = 0, n_docs: int = 200) -> str:
     """Hash of the start of the tokenizer's training text: part of the cache key, so a change of the
     corpus recipe (which changes the trained merges) never reuses a tokenizer built from the old one."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(zh_characters().encode())  # the added characters too (a new Chinese text adds some)
     for doc in tokenizer_corpus(n_docs, seed):
         h.update(doc.encode())
         h.update(b"\0")

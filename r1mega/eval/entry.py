@@ -79,14 +79,14 @@ def check_lengths(prompt_ids: list, max_new_tokens: int, max_len: int) -> None:
 
 def build_engine(cfg, checkpoint: Path):
     """(rollout engine, tokenizer) with the weights of ``checkpoint``; collective over the ranks."""
-    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
     from r1mega.rollout import make_engine
     from r1mega.train.checkpoint import CheckpointManager
     from r1mega.train.engine import TrainEngine
 
     policy = TrainEngine(cfg.model, cfg.parallel, None, seed=cfg.data.seed, mtp=False)
     CheckpointManager(Path(checkpoint).parent).load(policy, checkpoint, load_optimizer=False)
-    tok = load_tokenizer(cfg.data.tokenizer_path)
+    tok = load_tokenizer(run_tokenizer_dir(cfg.data))
     if cfg.rollout.engine == "vllm":  # a fresh vLLM engine holds dummy weights: refit it once from the policy
         engine = make_engine(cfg, trainer_engine=policy, load_trainer_weights=True)
     else:  # megatron: generates with the policy's own weights
@@ -118,9 +118,9 @@ def evaluate(cfg, stage_name: Optional[str] = None, engine=None, tokenizer=None,
     say(f"eval {stage.name if stage else ''}: {len(problems)} questions from {', '.join(ecfg.benchmarks)}, "
         f"k={ecfg.k}" + (f", checkpoint {ckpt}" if ckpt else ""))
     if tokenizer is None:
-        from r1mega.data.tokenizer import load_tokenizer
+        from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
 
-        tokenizer = load_tokenizer(rcfg.data.tokenizer_path)
+        tokenizer = load_tokenizer(run_tokenizer_dir(rcfg.data))
     t0 = time.perf_counter()
     owns_engine = engine is None
     probe = EvalRunner.from_config(None, tokenizer, ecfg, rcfg)

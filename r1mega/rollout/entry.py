@@ -37,7 +37,7 @@ def _prompts(cfg, tok) -> list:
 def main(cfg, args) -> int:
     import torch.distributed as dist
 
-    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
     from r1mega.train.engine import TrainEngine
 
     from .engine import make_engine
@@ -53,7 +53,7 @@ def main(cfg, args) -> int:
 
         init = resolve_init_checkpoint(cfg, stage.init_from)
         CheckpointManager(init.parent).load(trainer, init, load_optimizer=False)
-    tok = load_tokenizer(cfg.data.tokenizer_path)
+    tok = load_tokenizer(run_tokenizer_dir(cfg.data))
     texts = _prompts(cfg, tok)
     prompts = [tok.encode(t) for t in texts]
     engine = make_engine(cfg, trainer, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}))

@@ -160,9 +160,9 @@ class MegatronEngine(RolloutEngine):
 
     @classmethod
     def from_run_config(cls, cfg, trainer_engine, **kw) -> "MegatronEngine":
-        from r1mega.data.tokenizer import load_tokenizer
+        from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
 
-        tok = kw.pop("tokenizer", None) or load_tokenizer(cfg.data.tokenizer_path)
+        tok = kw.pop("tokenizer", None) or load_tokenizer(run_tokenizer_dir(cfg.data))
         sampling = kw.pop("sampling", None) or Sampling.from_config(cfg.rollout)
         max_len = kw.pop("max_seq_len", None) or cfg.rollout.max_model_len or cfg.data.seq_length
         return cls(trainer_engine, tok, sampling, max_seq_len=max_len, **kw)

@@ -104,9 +104,9 @@ class VllmEngine(RolloutEngine):
 
     @classmethod
     def from_run_config(cls, cfg, **kw) -> "VllmEngine":
-        from r1mega.data.tokenizer import default_tokenizer_dir
+        from r1mega.data.tokenizer import run_tokenizer_dir
 
-        tok = kw.pop("tokenizer_path", None) or cfg.data.tokenizer_path or default_tokenizer_dir()
+        tok = kw.pop("tokenizer_path", None) or run_tokenizer_dir(cfg.data)
         max_len = kw.pop("max_model_len", None) or cfg.rollout.max_model_len or cfg.data.seq_length
         return cls(cfg.model, cfg.rollout, tok, max_len, **kw)
 

@@ -67,9 +67,9 @@ def resolve_init_checkpoint(cfg, init_from: Optional[str]) -> Optional[Path]:
 
 
 def load_tokenizer_for(cfg, out_dir: Path):
-    from r1mega.data.tokenizer import default_tokenizer_dir, load_tokenizer
+    from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
 
-    path = cfg.data.tokenizer_path or str(default_tokenizer_dir())
+    path = str(run_tokenizer_dir(cfg.data))
     tok = load_tokenizer(path)
     if _rank0():
         tok.save_pretrained(out_dir / "tokenizer")

@@ -145,9 +145,9 @@ def test_tp_must_divide_kv_heads_for_dense_gqa():
 
 
 def test_vocab_not_divisible_by_tp_is_fine():
-    cfg = load_config(None, ["model.vocab_size=509", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"],
+    cfg = load_config(None, ["model.vocab_size=577", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"],
                       world_size=2)
-    assert cfg.model.vocab_size == 509
+    assert cfg.model.vocab_size == 577
 
 
 def test_ep_must_divide_routed_experts():
@@ -208,3 +208,11 @@ def test_stage_errors_are_prefixed_with_the_stage():
 def test_grpo_stage_rollout_temperature_must_match():
     msg = error(["pipeline.stages=[{name: rl, kind: grpo, steps: 1}]", "rollout.temperature=0.6"])
     assert msg.startswith("stage 'rl': rollout.temperature: 0.6 differs from grpo.temperature=1.0")
+
+
+def test_the_built_in_tokenizer_must_fit_the_model():
+    assert error(["data.tokenizer_vocab_size=640"]) == (
+        "data.tokenizer_vocab_size: 640 tokens do not fit model.vocab_size=512; set model.vocab_size to at least "
+        "that, or use a smaller built-in tokenizer")
+    assert error(["data.tokenizer_vocab_size=600"]).startswith("data.tokenizer_vocab_size: got 600, expected a multiple of 64")
+    assert load_config(None, ["data.tokenizer_vocab_size=640", "model.vocab_size=640"]).data.tokenizer_vocab_size == 640

@@ -6,6 +6,10 @@ Problem records (``Problem.to_dict()``, one JSONL row each)::
     {"id", "task", "difficulty", "prompt", "answer", "solution", "split", "lang"}
     # + "response" for non-reasoning pairs
 
+``lang`` is the problem's language: its question (``arith`` and ``word`` have a Chinese rendering of every
+problem, drawn from the same random stream, so the language never changes which problem is drawn) and, by
+default, the step words of its worked solution. Non-reasoning pairs are English only.
+
 ``answer`` is the canonical integer text for ``arith``/``word`` (the exact string for
 non-reasoning pairs); ``solution`` is ``<think> Step 1: ... </think> <answer> N </answer>``.
 
@@ -26,7 +30,8 @@ from r1mega.config.base import check, check_int, doc
 
 from . import arith, nonreasoning, word
 from .base import (DIFFICULTIES, HELDOUT_FRACTION, LANGS, SPLITS, STEP_WORDS, TAGS, Problem, Step, TaskError,
-                   canonical_int, check_steps, eval_expr, split_of, worked_step, zh_characters)
+                   canonical_int, check_steps, eval_expr, split_of, worked_step)
+from .base import zh_characters as _step_zh_characters
 
 REASONING_TASKS = {"arith": arith, "word": word}
 TASKS = tuple(REASONING_TASKS) + ("nonreasoning",)
@@ -39,6 +44,15 @@ __all__ = [
 ]
 
 
+def zh_characters() -> str:
+    """The sorted non-ASCII characters of every Chinese text the tasks write: step words and the Chinese
+    questions (the tokenizer adds each of them as a token)."""
+    chars = set(_step_zh_characters())
+    for mod in REASONING_TASKS.values():
+        chars.update(c for s in getattr(mod, "ZH_STRINGS", ()) for c in s if ord(c) > 127)
+    return "".join(sorted(chars))
+
+
 def _check_args(task: str, split: str, lang: str) -> None:
     if task not in TASKS:
         raise TaskError(f"task must be one of {TASKS}, got {task!r}")
@@ -46,6 +60,8 @@ def _check_args(task: str, split: str, lang: str) -> None:
         raise TaskError(f"split must be one of {SPLITS}, got {split!r}")
     if lang not in LANGS:
         raise TaskError(f"lang must be one of {LANGS}, got {lang!r}")
+    if task == "nonreasoning" and lang != "en":
+        raise TaskError(f"nonreasoning pairs are English only, got lang {lang!r}")
 
 
 def make_problem(rng: random.Random, task: str, difficulty: int, *, id: str = "", lang: str = "en",
@@ -59,7 +75,7 @@ def make_problem(rng: random.Random, task: str, difficulty: int, *, id: str = ""
     mod = REASONING_TASKS.get(task)
     if mod is None:
         raise TaskError(f"task must be one of {TASKS}, got {task!r}")
-    raw = mod.sample(rng, difficulty)
+    raw = mod.sample(rng, difficulty, lang=lang)
     return Problem(id=id, task=task, difficulty=difficulty, prompt=raw["prompt"], answer=canonical_int(raw["answer"]),
                    steps=raw["steps"], key=raw["key"], split=split_of(raw["key"], heldout_fraction), lang=lang)
 
@@ -106,18 +122,30 @@ def generate_nonreasoning(n: int, seed: int = 0, split: str = "train", difficult
 
 
 def iter_problems(tasks: dict[str, float], difficulty_weights: dict[int, float], seed: int = 0,
-                  split: str = "train", heldout_fraction: float = HELDOUT_FRACTION) -> Iterator[Problem]:
+                  split: str = "train", heldout_fraction: float = HELDOUT_FRACTION,
+                  zh_fraction: float = 0.0, zh_tasks: Optional[Sequence[str]] = None) -> Iterator[Problem]:
     """An endless, deterministic stream of ``split`` problems: task and difficulty drawn by weight
-    (duplicates possible; this feeds the pretraining corpus)."""
+    (duplicates possible; this feeds the pretraining corpus and the RL prompts).
+
+    ``zh_fraction``: the share of reasoning problems asked in Chinese (``lang='zh'``), drawn from a separate
+    stream, so the problems themselves are those of ``zh_fraction=0``; ``zh_tasks`` limits it to those task
+    families (None: arith and word); non-reasoning pairs stay English."""
     for t in tasks:
         _check_args(t, split, "en")
+    if not (isinstance(zh_fraction, (int, float)) and 0 <= zh_fraction <= 1):
+        raise TaskError(f"zh_fraction must be a number in [0, 1], got {zh_fraction!r}")
+    zh_tasks = set(REASONING_TASKS if zh_tasks is None else zh_tasks)
+    if not zh_tasks <= set(REASONING_TASKS):
+        raise TaskError(f"zh_tasks must be among {tuple(REASONING_TASKS)}, got {sorted(zh_tasks)}")
     names, tw = list(tasks), list(tasks.values())
     levels, lw = list(difficulty_weights), list(difficulty_weights.values())
     rng = random.Random(f"r1mega-stream:{seed}:{split}")
+    lang_rng = random.Random(f"r1mega-stream-lang:{seed}:{split}")
     for i in itertools.count():
         t = rng.choices(names, weights=tw)[0]
         d = rng.choices(levels, weights=lw)[0]
-        p = make_problem(rng, t, d, heldout_fraction=heldout_fraction)
+        zh = t in zh_tasks and zh_fraction > 0 and lang_rng.random() < zh_fraction
+        p = make_problem(rng, t, d, lang="zh" if zh else "en", heldout_fraction=heldout_fraction)
         if p.split == split:
             p.id = f"{t.replace('/', '.')}-{split}-stream{seed}-{i:08d}"
             yield p

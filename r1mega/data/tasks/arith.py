@@ -32,8 +32,11 @@ from .base import Step, TaskError, worked_step
 
 TASK = "arith"
 
-# Questions end in "?" (the R1-Zero template appends "." after the prompt).
+# Questions end in "?" (the R1-Zero template appends "." after the prompt). The Chinese phrasings are
+# parallel to the English ones (same index), so the language never changes what the generator draws.
 PHRASINGS = ("What is {e}?", "How much is {e}?", "What does {e} equal?", "Can you compute {e}?")
+PHRASINGS_ZH = ("{e}是多少？", "{e}等于几？", "{e}等于多少？", "你能算出{e}吗？")
+ZH_STRINGS = PHRASINGS_ZH  # every Chinese fragment a zh prompt can contain (the tokenizer's character set)
 
 
 @dataclass(frozen=True)
@@ -147,9 +150,13 @@ def level(difficulty: int) -> Level:
     return LEVELS[difficulty]
 
 
-def sample(rng: random.Random, difficulty: int) -> dict:
-    """One problem as raw parts: ``{key, prompt, answer, steps}`` (the key is the expression)."""
+def sample(rng: random.Random, difficulty: int, lang: str = "en") -> dict:
+    """One problem as raw parts: ``{key, prompt, answer, steps}`` (the key is the expression); ``lang``
+    ('en' or 'zh') is the language of the question and draws nothing: both languages give the same problem."""
+    phrasings = {"en": PHRASINGS, "zh": PHRASINGS_ZH}.get(lang)
+    if phrasings is None:
+        raise TaskError(f"arith: lang must be one of ('en', 'zh'), got {lang!r}")
     node = make_expression(rng, difficulty)
     expr = node.render()
-    return {"key": f"{TASK}|{expr}", "prompt": rng.choice(PHRASINGS).format(e=expr),
+    return {"key": f"{TASK}|{expr}", "prompt": phrasings[rng.randrange(len(phrasings))].format(e=expr),
             "answer": node.value, "steps": node.steps(), "expression": expr}
