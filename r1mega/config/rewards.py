@@ -102,8 +102,11 @@ class CodeRewardConfig:
 
 @dataclass
 class LanguageRewardConfig:
-    target: str = doc("en", "Target language of the chain of thought (ISO 639-1: en, zh, ja, ko, ru, ar, fr, ...); "
-                            "it selects the accepted scripts.")
+    target: str = doc("prompt", "Target language of the chain of thought (ISO 639-1: en, zh, ja, ko, ru, ar, fr, ...), "
+                                "or 'prompt': each sample's prompt language (its prompt record's 'lang', as "
+                                "DeepSeek-R1 scores the CoT against the query's language; prompt_default where a "
+                                "prompt has none). It selects the accepted scripts.")
+    prompt_default: str = doc("en", "With target 'prompt': the language of a prompt that does not name one.")
     scripts: list = doc([], "Override: accepted scripts (e.g. ['Latin']); empty = derived from target.")
     scope: str = doc("think", "'think': text inside <think>..</think> (else before <answer>); 'response': all of it.")
     use_langid: bool = doc(False, "Also split same-script text by language with py3langid (offline model in the "
@@ -123,8 +126,10 @@ class LanguageRewardConfig:
             for s in self.scripts:
                 check_choice(s, tuple(sorted(KNOWN_SCRIPTS)), f"{where}.scripts")
         else:
-            check(self.target in TARGET_SCRIPTS, f"{where}.target",
-                  f"got {self.target!r}, expected one of {', '.join(sorted(TARGET_SCRIPTS))} (or set scripts)")
+            check(self.target == "prompt" or self.target in TARGET_SCRIPTS, f"{where}.target",
+                  f"got {self.target!r}, expected 'prompt' or one of {', '.join(sorted(TARGET_SCRIPTS))} (or set scripts)")
+        check(self.prompt_default in TARGET_SCRIPTS, f"{where}.prompt_default",
+              f"got {self.prompt_default!r}, expected one of {', '.join(sorted(TARGET_SCRIPTS))}")
         if self.use_langid:
             from r1mega.rewards.language import langid_available
 

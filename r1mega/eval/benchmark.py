@@ -1,6 +1,6 @@
 """Evaluation problem sets. Held-out only:
 
-* ``arith`` / ``word``: the built-in tasks' **test split** (:func:`r1mega.data.tasks.generate_problems` with
+* ``arith`` / ``word`` (and ``arith_zh`` / ``word_zh``: the same problems asked in Chinese): the built-in tasks' **test split** (:func:`r1mega.data.tasks.generate_problems` with
   ``split="test"``). Membership is a hash of each problem's math key (:func:`r1mega.data.tasks.split_of`), so
   no training stream or corpus, whatever its seed, contains one of these problems. ``n_problems`` per
   difficulty; a level with fewer unique held-out problems (level 1 has ~70 per task) gives all it has.
@@ -9,7 +9,7 @@
 * ``gym:TASK``: reasoning-gym problems whose question text hashes to the test split with the same
   :func:`split_of` rule (:func:`gym_split_problems`; training on gym tasks should keep ``split="train"``).
 * ``jsonl:PATH``: your own held-out file, rows ``{"prompt", "answer"}`` plus optional ``task_type`` (math,
-  mcq, gym, code), ``difficulty``, ``id``. Keeping it out of training is up to you.
+  mcq, gym, code), ``difficulty``, ``id``, ``lang`` (the question's language, for the language score). Keeping it out of training is up to you.
 
 Each problem becomes an :class:`EvalProblem`: the untemplated question, the gold the rewards grade against,
 its task type and difficulty.
@@ -24,7 +24,8 @@ from typing import Any, Optional, Sequence
 log = logging.getLogger(__name__)
 
 TASK_BENCHMARKS = ("arith", "word")
-FIXED_BENCHMARKS = TASK_BENCHMARKS + ("humaneval",)
+ZH_BENCHMARKS = tuple(f"{t}_zh" for t in TASK_BENCHMARKS)  # the same held-out problems, asked in Chinese
+FIXED_BENCHMARKS = TASK_BENCHMARKS + ZH_BENCHMARKS + ("humaneval",)
 PREFIXES = ("gym:", "jsonl:")
 
 
@@ -42,7 +43,7 @@ class EvalProblem:
         """The :class:`~r1mega.rewards.RewardSample` that grades ``response`` to this problem."""
         from r1mega.rewards import RewardSample
 
-        md = {k: v for k, v in self.metadata.items() if k in ("gym_task", "entry", "choices")}
+        md = {k: v for k, v in self.metadata.items() if k in ("gym_task", "entry", "choices", "lang")}
         return RewardSample(response=response, task_type=self.task_type, gold=self.gold, prompt=self.prompt,
                             metadata=md, response_tokens=response_tokens)
 
@@ -64,18 +65,22 @@ _AVAILABLE = re.compile(r"only (\d+) of (\d+) unique")
 
 
 def task_problems(task: str, n_per_difficulty: int, difficulties: Sequence[int] = (1, 2, 3, 4, 5),
-                  seed: int = 0, split: str = "test") -> list[EvalProblem]:
+                  seed: int = 0, split: str = "test", lang: str = "en") -> list[EvalProblem]:
     """Held-out (split='test', the default) problems of a built-in task, ``n_per_difficulty`` per level (capped
     at what the level's split holds, with a warning). ``split='train'`` gives training-split problems, to
-    compare recall with generalisation."""
+    compare recall with generalisation. ``lang='zh'``: the same problems asked in Chinese (benchmark
+    ``TASK_zh``, ids suffixed ``-zh``)."""
     from r1mega.data.tasks import TaskError, generate_problems
 
     if task not in TASK_BENCHMARKS:
         raise ValueError(f"task must be one of {TASK_BENCHMARKS}, got {task!r}")
+    if lang not in ("en", "zh"):
+        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
+    bench, suffix = (task, "") if lang == "en" else (f"{task}_{lang}", f"-{lang}")
     out: list[EvalProblem] = []
     for d in difficulties:
         try:
-            probs = generate_problems(task, n_per_difficulty, seed=seed, split=split, difficulty=d)
+            probs = generate_problems(task, n_per_difficulty, seed=seed, split=split, difficulty=d, lang=lang)
         except TaskError as e:
             m = _AVAILABLE.search(str(e))
             if not m:
@@ -83,12 +88,12 @@ def task_problems(task: str, n_per_difficulty: int, difficulties: Sequence[int] 
             have = int(m.group(1))
             log.warning("eval: %s level %d has only %d held-out problems (asked for %d)", task, d, have,
                         n_per_difficulty)
-            probs = generate_problems(task, have, seed=seed, split=split, difficulty=d)
+            probs = generate_problems(task, have, seed=seed, split=split, difficulty=d, lang=lang)
         for p in probs:  # unique within a level; levels may share a math key (then the wording differs)
             if p.split != split:
                 raise AssertionError(f"{p.id}: generate_problems(split={split!r}) returned a {p.split!r} problem")
-            out.append(EvalProblem(id=p.id, benchmark=task, prompt=p.prompt, gold=p.answer, task_type="math",
-                                   difficulty=d, metadata={"key": p.key, "split": p.split}))
+            out.append(EvalProblem(id=p.id + suffix, benchmark=bench, prompt=p.prompt, gold=p.answer, task_type="math",
+                                   difficulty=d, metadata={"key": p.key, "split": p.split, "lang": lang}))
     return out
 
 
@@ -167,7 +172,7 @@ def jsonl_problems(path: str, n: Optional[int] = None, name: Optional[str] = Non
         if tt != "code":
             gold = str(gold)
         diff = r.get("difficulty")
-        md = {k: r[k] for k in ("choices", "gym_task", "entry") if k in r}
+        md = {k: r[k] for k in ("choices", "gym_task", "entry", "lang") if k in r}
         out.append(EvalProblem(id=str(r.get("id", f"{bench}-{i:05d}")), benchmark=bench, prompt=str(r["prompt"]),
                                gold=gold, task_type=tt,
                                difficulty=diff if isinstance(diff, int) and not isinstance(diff, bool) else None,
@@ -185,6 +190,8 @@ def load_benchmark(name: str, n_problems: int = 50, difficulties: Sequence[int] 
         raise ValueError(f"benchmark {name!r}: {why}")
     if name in TASK_BENCHMARKS:
         return task_problems(name, n_problems, difficulties, seed)
+    if name in ZH_BENCHMARKS:
+        return task_problems(name[:-len("_zh")], n_problems, difficulties, seed, lang="zh")
     if name == "humaneval":
         return humaneval_problems(n_problems)
     if name.startswith("gym:"):
@@ -202,4 +209,4 @@ def load_benchmarks(cfg, resolve_path=None) -> list[EvalProblem]:
 
 
 __all__ = ["EvalProblem", "check_benchmark_name", "task_problems", "humaneval_problems", "gym_split_problems",
-           "gym_problems", "jsonl_problems", "load_benchmark", "load_benchmarks", "TASK_BENCHMARKS"]
+           "gym_problems", "jsonl_problems", "load_benchmark", "load_benchmarks", "TASK_BENCHMARKS", "ZH_BENCHMARKS"]

@@ -87,13 +87,15 @@ def write_json(results, path: Union[str, os.PathLike], extra: Optional[dict] = N
 
 
 def write_samples(results, path: Union[str, os.PathLike]) -> Path:
-    """Write every completion, one JSON row each: problem id, benchmark, sample index and the sample."""
+    """Write every completion, one JSON row each: problem id, benchmark, the prompt's language (when known),
+    sample index and the sample."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for r in results.problems:
         for j, s in enumerate(r.samples):
-            lines.append(json.dumps({"id": r.problem.id, "benchmark": r.problem.benchmark, "sample": j,
+            lang = {"lang": r.problem.metadata["lang"]} if "lang" in r.problem.metadata else {}
+            lines.append(json.dumps({"id": r.problem.id, "benchmark": r.problem.benchmark, **lang, "sample": j,
                                      **s.to_dict()}, ensure_ascii=False, default=str))
     _write_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
     return path

@@ -109,7 +109,8 @@ class GRPOStage:
         self.loss = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens)
         self.loss_reusing_old = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens, old_from_current=True)
         self.prompts = TaskPrompts(self.tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
-                                   seed=cfg.data.seed, general=True)
+                                   seed=cfg.data.seed, general=True, zh_fraction=cfg.data.zh_prompt_fraction,
+                                   zh_tasks=cfg.data.zh_prompt_tasks)
 
     # ------------------------------------------------------------------ pieces
     def _samples(self, items, rollouts) -> list:
@@ -117,6 +118,7 @@ class GRPOStage:
 
         return [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
                              gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
+                             metadata={"lang": items[c.prompt_index].meta.get("lang", "en")},
                              response_tokens=len(c.token_ids), max_tokens=self.sampling.max_new_tokens)
                 for c in rollouts.completions]
 

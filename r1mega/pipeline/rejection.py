@@ -97,11 +97,13 @@ def run_stage(cfg, stage_name: str) -> dict:
         sampling = Sampling.from_config(cfg.rollout, n=rc.samples_per_prompt, temperature=rc.temperature,
                                         top_p=rc.top_p, seed=rc.seed)
         items = TaskPrompts(tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
-                            seed=rc.seed).batch(0, rc.num_prompts)
+                            seed=rc.seed, zh_fraction=cfg.data.zh_prompt_fraction,
+                            zh_tasks=cfg.data.zh_prompt_tasks).batch(0, rc.num_prompts)
         try:
             ro = engine.generate([i.ids for i in items], sampling, n=rc.samples_per_prompt)
             samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
                                     gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
+                                    metadata={"lang": items[c.prompt_index].meta.get("lang", "en")},
                                     response_tokens=len(c.token_ids), max_tokens=sampling.max_new_tokens)
                        for c in ro.completions]
             _, _, comps = gather_rewards(computer, samples)
@@ -113,12 +115,19 @@ def run_stage(cfg, stage_name: str) -> dict:
     if rc.worked_solutions:
         from r1mega.data.tasks import generate_problems
 
+        # templated solutions written in their question's language: a zh_prompt_fraction share asked in Chinese
         tasks = [t for t in cfg.data.tasks if t in ("arith", "word")] or ["arith", "word"]
-        for i, task in enumerate(tasks):
-            n = rc.worked_solutions // len(tasks) + (i < rc.worked_solutions % len(tasks))
-            for p in generate_problems(task, n, seed=rc.seed, split="train", difficulty=cfg.data.difficulties, unique=False):
-                rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution("en").strip(),
-                             "source": "worked_solution", "gold": p.answer, "task": task, "difficulty": p.difficulty})
+        zh_tasks = [t for t in tasks if t in cfg.data.zh_prompt_tasks]
+        n_zh = round(rc.worked_solutions * cfg.data.zh_prompt_fraction * len(zh_tasks) / len(tasks))
+        for lang, total in (("en", rc.worked_solutions - n_zh), ("zh", n_zh)):
+            family = tasks if lang == "en" else zh_tasks
+            for i, task in enumerate(family):
+                n = total // len(family) + (i < total % len(family))
+                for p in generate_problems(task, n, seed=rc.seed, split="train", difficulty=cfg.data.difficulties,
+                                           lang=lang, unique=False):
+                    rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution().strip(),
+                                 "source": "worked_solution", "gold": p.answer, "task": task,
+                                 "difficulty": p.difficulty, "lang": lang})
         stats["accepted/worked_solutions"] = rc.worked_solutions
     n_non = round(len(rows) * rc.nonreasoning_fraction / max(1e-9, 1 - rc.nonreasoning_fraction))
     for p in generate_nonreasoning(n_non, seed=rc.seed, split="train", difficulty=[1, 2], unique=False):

@@ -138,31 +138,43 @@ def overall_row(summary: dict) -> Optional[dict]:
     return tops[0] if len(tops) == 1 else None
 
 
-def language_score(samples_path: Path, template: Optional[str], rewards_cfg=None) -> Optional[float]:
+def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=None) -> tuple[Optional[float], dict]:
     """Mean language-consistency reward (R1 stage 2) of the eval samples' chains of thought, computed here
-    (eval grading leaves the language reward out); None without samples."""
+    (eval grading leaves the language reward out), over all samples and per benchmark: ``(overall,
+    {benchmark: mean})``; ``(None, {})`` without samples. With target 'prompt' each sample is scored against
+    its question's language (the row's ``lang``)."""
     if not samples_path.exists():
-        return None
+        return None, {}
     from r1mega.config.rewards import LanguageRewardConfig
     from r1mega.data.templates import PREFILLS_THINK
-    from r1mega.rewards.language import language_consistency
+    from r1mega.rewards.language import for_prompt, language_consistency
 
     lcfg = getattr(rewards_cfg, "language", None) or LanguageRewardConfig()
     prefilled = template in PREFILLS_THINK
-    total, n = 0.0, 0
+    sums: dict = {}
     with open(samples_path, encoding="utf-8") as f:
         for line in f:
             try:
-                text = json.loads(line).get("text")
+                row = json.loads(line)
+                text, lang, bench = row.get("text"), row.get("lang"), row.get("benchmark")
             except (ValueError, AttributeError):
                 continue
             if isinstance(text, str):
+                score = 0.0  # an unscorable sample counts as 0, as a failed reward does
                 try:
-                    total += language_consistency(text, lcfg, prefilled)
-                except Exception:  # noqa: BLE001  an unscorable sample counts as 0, as a failed reward does
+                    score = language_consistency(text, for_prompt(lcfg, lang), prefilled)
+                except Exception:  # noqa: BLE001
                     pass
-                n += 1
-    return total / n if n else None
+                for key in ("",) + ((bench,) if isinstance(bench, str) else ()):
+                    t, n = sums.get(key, (0.0, 0))
+                    sums[key] = (t + score, n + 1)
+    overall = sums.pop("", None)
+    return (overall[0] / overall[1] if overall else None), {b: t / n for b, (t, n) in sums.items()}
+
+
+def language_score(samples_path: Path, template: Optional[str], rewards_cfg=None) -> Optional[float]:
+    """The overall mean of :func:`language_scores`."""
+    return language_scores(samples_path, template, rewards_cfg)[0]
 
 
 def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> dict:
@@ -174,14 +186,16 @@ def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> di
     overall["mean_tokens"] = row.get("mean_tokens")
     lang = row.get("language_rate", row.get("language"))
     source = "eval.json" if lang is not None else None
+    by_bench: dict = {}
     if lang is None and samples_path is not None:
-        lang = language_score(samples_path, (data.get("settings") or {}).get("template"), rewards_cfg)
+        lang, by_bench = language_scores(samples_path, (data.get("settings") or {}).get("template"), rewards_cfg)
         source = samples_path.name if lang is not None else None
     overall["language"] = lang
     benchmarks = {name: r.get("pass@1") for name, r in summary.items()
                   if isinstance(r, dict) and r.get("difficulty") is None and name != "all"}
     return {"settings": data.get("settings") or {}, "overall": overall, "benchmarks": benchmarks,
-            "language_source": source, "wall_seconds": (data.get("stats") or {}).get("wall_seconds")}
+            "benchmark_language": by_bench, "language_source": source,
+            "wall_seconds": (data.get("stats") or {}).get("wall_seconds")}
 
 
 # ---- learning targets --------------------------------------------------------------------------
@@ -285,4 +299,4 @@ def collect(run_dir, cfg=None) -> dict:
 
 
 __all__ = ["collect", "read_metrics", "grpo_summary", "overall_row", "eval_entry", "learning_checks",
-           "language_score", "ROLE_LABELS", "CURVES", "FORMAT_VERSION"]
+           "language_score", "language_scores", "ROLE_LABELS", "CURVES", "FORMAT_VERSION"]

@@ -113,6 +113,12 @@ def render(data: dict, plots: dict) -> str:
         L += ["pass@1 per benchmark:", ""]
         L += _table(["benchmark"] + [name if label == "-" else label for label, name in shown],
                     [[b] + [pct(evals[name]["benchmarks"].get(b)) for _, name in shown] for b in benches]) + [""]
+        if any(evals[name].get("benchmark_language") for _, name in shown):
+            L += ["Language consistency per benchmark (share of the chain of thought in the language the question "
+                  "was asked in; `_zh`: the same problems asked in Chinese):", ""]
+            L += _table(["benchmark"] + [name if label == "-" else label for label, name in shown],
+                        [[b] + [pct((evals[name].get("benchmark_language") or {}).get(b)) for _, name in shown]
+                         for b in benches]) + [""]
 
     # checks
     L += ["## Learning targets", ""]

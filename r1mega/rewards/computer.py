@@ -25,6 +25,7 @@ from r1mega.config.rewards import TASK_TYPES, RewardsConfig
 from r1mega.rewards.choice import choice_reward
 from r1mega.rewards.extract import extract_answer, extract_code
 from r1mega.rewards.format import format_reward
+from r1mega.rewards.language import for_prompt
 from r1mega.rewards.math_accuracy import prefilter
 from r1mega.rewards.overlong import overlong_penalty
 from r1mega.rewards.pool import Task, WorkerPool
@@ -42,7 +43,8 @@ class RewardSample:
     gold: math -> the reference answer (LaTeX or plain; a bare letter is graded as a choice); mcq -> the letter;
     code -> the test spec dict (see :mod:`r1mega.rewards.code`); gym -> unused (the entry is in metadata).
     metadata: mcq may give ``choices``; gym needs ``gym_task`` and ``entry`` (as made by
-    :func:`r1mega.rewards.gym.generate`).
+    :func:`r1mega.rewards.gym.generate`); ``lang``, the prompt's language, is the language reward's target
+    when that is 'prompt'.
     Dicts are accepted too (``RewardSample.coerce``), with aliases task -> task_type, answer -> gold,
     completion -> response; unknown keys are ignored.
     """
@@ -207,7 +209,8 @@ class RewardComputer:
         if comp == "format":
             put(i, comp, format_reward(s.response, cfg.format))
         elif comp == "language":
-            tasks.append(Task("language", (s.response, dataclasses.asdict(cfg.language), cfg.format.think_prefilled),
+            lcfg = for_prompt(cfg.language, s.metadata.get("lang"))  # target 'prompt': this sample's prompt language
+            tasks.append(Task("language", (s.response, dataclasses.asdict(lcfg), cfg.format.think_prefilled),
                               cfg.language.timeout_s))
             targets.append((i, comp))
         elif comp == "accuracy":

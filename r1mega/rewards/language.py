@@ -12,9 +12,14 @@ Scripts cannot tell English from French. With ``use_langid`` the target-script t
 each sentence is classified by py3langid (its model ships inside the wheel: no download), restricted to
 ``langid_candidates`` + target; the target-script units of a sentence confidently classified as another
 language count as other units. If py3langid is not installed the option raises at config time.
+
+With ``target: prompt`` (the default) the target is each sample's prompt language (:func:`for_prompt`: the
+``lang`` of the sample's metadata, ``prompt_default`` without one): a Chinese question asks for a Chinese
+chain of thought, an English one for English.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Optional
 
@@ -27,8 +32,18 @@ _identifier = None
 _identifier_langs: Optional[tuple] = None
 
 
+def for_prompt(cfg: LanguageRewardConfig, lang: Optional[str]) -> LanguageRewardConfig:
+    """``cfg`` with target 'prompt' resolved to ``lang`` (a sample's prompt language; ``prompt_default`` when
+    it is None or unknown); other targets are returned unchanged."""
+    if cfg.target != "prompt":
+        return cfg
+    return dataclasses.replace(cfg, target=lang if lang in TARGET_SCRIPTS else cfg.prompt_default)
+
+
 def target_scripts(cfg: LanguageRewardConfig) -> frozenset:
-    return frozenset(cfg.scripts) if cfg.scripts else TARGET_SCRIPTS[cfg.target]
+    if cfg.scripts:
+        return frozenset(cfg.scripts)
+    return TARGET_SCRIPTS[cfg.prompt_default if cfg.target == "prompt" else cfg.target]
 
 
 def langid_available() -> bool:
@@ -64,6 +79,7 @@ def unit_counts(text: str, cfg: LanguageRewardConfig) -> tuple[int, int]:
             else:
                 other += 1
         return target, other
+    cfg = for_prompt(cfg, None)
     langs = tuple(dict.fromkeys([cfg.target, *cfg.langid_candidates]))
     ident = _langid(langs)
     target = other = 0
@@ -91,4 +107,4 @@ def language_consistency(response: str, cfg: LanguageRewardConfig, think_prefill
     return cfg.empty_value if total == 0 else target / total
 
 
-__all__ = ["language_consistency", "unit_counts", "target_scripts", "langid_available"]
+__all__ = ["language_consistency", "unit_counts", "target_scripts", "for_prompt", "langid_available"]

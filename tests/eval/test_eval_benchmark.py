@@ -122,3 +122,19 @@ def test_task_problems_train_split_is_disjoint_from_the_held_out_one():
     train = task_problems("arith", 40, [1], seed=3, split="train")
     assert {p.metadata["split"] for p in test} == {"test"} and {p.metadata["split"] for p in train} == {"train"}
     assert not {p.metadata["key"] for p in test} & {p.metadata["key"] for p in train}
+
+
+def test_chinese_benchmarks_ask_the_same_held_out_problems_in_chinese():
+    en = load_benchmark("word", 12, [1, 2], seed=4)
+    zh = load_benchmark("word_zh", 12, [1, 2], seed=4)
+    assert [p.metadata["key"] for p in zh] == [p.metadata["key"] for p in en]
+    assert [p.gold for p in zh] == [p.gold for p in en]
+    assert {p.benchmark for p in zh} == {"word_zh"} and {p.metadata["lang"] for p in zh} == {"zh"}
+    assert {p.metadata["lang"] for p in en} == {"en"}
+    assert [p.id for p in zh] == [p.id + "-zh" for p in en]
+    assert all(p.prompt.endswith("？") for p in zh) and all(p.prompt.endswith("?") for p in en)
+    # the grading sample carries the question's language (the language reward's target 'prompt')
+    assert zh[0].reward_sample("x").metadata == {"lang": "zh"}
+    assert check_benchmark_name("arith_zh") is None and check_benchmark_name("arith_fr") is not None
+    arith_zh = load_benchmark("arith_zh", 5, [2], seed=0)
+    assert all(p.prompt.endswith(("是多少？", "等于几？", "等于多少？", "吗？")) for p in arith_zh)

@@ -245,3 +245,24 @@ def test_format_tied_at_the_ceiling_passes_and_says_so(run):
     assert ("- **PASS** R1 pass@1 >= R1-Zero pass@1, with higher format and language scores: pass@1 R1 55.0% vs "
             "R1-Zero 45.0%; format R1 100.0% vs R1-Zero 100.0% (both at the 100% ceiling: not shown higher); "
             "language R1 100.0% vs R1-Zero 50.0%") in md
+
+
+def test_language_is_scored_against_the_language_each_question_was_asked_in(tmp_path):
+    from r1mega.report.collect import eval_entry, language_scores
+
+    en = "<think> Step 1: 7-3=4. Step 2: 4*2=8. </think> <answer> 8 </answer>"
+    zh = "<think> 第1步：7-3=4。第2步：4*2=8。 </think> <answer> 8 </answer>"
+    half = "<think> Step 1: 7-3=4. 第2步：4*2=8。 </think> <answer> 8 </answer>"  # Step | 第 步: 1 Latin, 2 Han
+    rows = [("arith", "en", en), ("arith", "en", half), ("arith_zh", "zh", en), ("arith_zh", "zh", zh),
+            ("arith_zh", "zh", half), ("old", None, zh)]  # a row without 'lang': prompt_default (en)
+    path = tmp_path / "eval_samples.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "benchmark": b, **({"lang": lang} if lang else {}), "text": t},
+                                       ensure_ascii=False) + "\n" for i, (b, lang, t) in enumerate(rows)))
+    overall, by_bench = language_scores(path, "r1_zero")
+    assert by_bench == {"arith": pytest.approx((1 + 1 / 3) / 2), "arith_zh": pytest.approx((0 + 1 + 2 / 3) / 3),
+                        "old": 0.0}
+    assert overall == pytest.approx((1 + 1 / 3 + 0 + 1 + 2 / 3 + 0) / 6)
+    entry = eval_entry({"summary": {"arith": _row(0.5, 0.5, 0.5, 1.0, 20.0), "all": _row(0.5, 0.5, 0.5, 1.0, 20.0)},
+                        "settings": {"template": "r1_zero"}}, path)
+    assert entry["overall"]["language"] == pytest.approx(overall)
+    assert entry["benchmark_language"]["arith_zh"] == pytest.approx(5 / 9)

@@ -99,3 +99,26 @@ def test_language_speed_on_long_reasoning():
     share = language_consistency(text, EN)
     assert time.monotonic() - t < 2.0
     assert share == pytest.approx(7 / 12)   # 7 Latin words vs 5 Han chars per repetition
+
+
+def test_target_prompt_scores_against_each_samples_prompt_language(computer):
+    from r1mega.config.rewards import RewardsConfig
+    from r1mega.rewards import RewardSample
+    from r1mega.rewards.language import for_prompt
+
+    cfg = LanguageRewardConfig()  # the default target: the prompt's language
+    assert cfg.target == "prompt" and cfg.prompt_default == "en"
+    assert for_prompt(cfg, "zh").target == "zh" and for_prompt(cfg, None).target == "en"
+    assert for_prompt(cfg, "xx").target == "en" and for_prompt(EN, "zh") is EN
+    en_steps = "<think> Step 1: 7-3=4. Step 2: 4*2=8. </think> <answer> 8 </answer>"
+    zh_steps = "<think> 第1步：7-3=4。第2步：4*2=8。 </think> <answer> 8 </answer>"
+    # units: "Step" x2 (Latin); 第 步 第 步 (Han, one unit each)
+    mixed = "<think> Step 1: 7-3=4. 第2步：4*2=8。 </think> <answer> 8 </answer>"
+    rc = computer(RewardsConfig(weights={"math": {"language": 1.0}}))
+    samples = [RewardSample(t, "math", "8", metadata={"lang": lang} if lang else {})
+               for t, lang in [(en_steps, "en"), (en_steps, "zh"), (zh_steps, "zh"), (zh_steps, None),
+                               (mixed, "zh"), (mixed, "en")]]
+    assert rc.score(samples).components["language"] == [1.0, 0.0, 1.0, 0.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]
+    LanguageRewardConfig(target="prompt").validate()
+    with pytest.raises(ConfigError, match="prompt_default"):
+        LanguageRewardConfig(prompt_default="xx").validate()
