@@ -8,6 +8,7 @@ from its last checkpoint, and stops with a clear error when a completed stage's 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -140,11 +141,17 @@ def run_pipeline(cfg, only: list[str] | None = None, items: list[str] | None = N
 
 
 def main(cfg, args) -> int:
-    from r1mega.pipeline.scheduler import CHILD_ENV
+    from r1mega.pipeline.scheduler import CHILD_ENV, Interrupted
     from r1mega.platform.distributed import destroy
 
     try:
         run_pipeline(cfg, getattr(args, "only", None), getattr(args, "items", None))
+    except Interrupted as e:  # SIGTERM/SIGHUP while stages ran in child processes: they were stopped
+        try:
+            print(f"r1mega: stopped by {e}", file=sys.stderr, flush=True)
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
+        return e.exit_code  # 128 + the signal, as a process killed by it (Ctrl-C: the CLI's 130)
     finally:
         destroy()
         if not os.environ.get(CHILD_ENV):  # a stage's child process: the parent writes the report

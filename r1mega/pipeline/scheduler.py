@@ -24,12 +24,21 @@ to the console. A stage with ``processes: N`` takes N of the ``max_parallel`` sl
 When a stage fails no new stage starts, the running ones finish (their work is kept), and the error names the
 stage and its log; when one rank of a stage fails, its other ranks are stopped (they would wait for it in a
 collective until the process group's timeout). Single-process runs only: under torchrun/srun stages run one after another.
+
+Stopping the run (Ctrl-C, or SIGTERM/SIGHUP: ``kill``, a job scheduler, a closed terminal) stops its stages: after
+Ctrl-C, which reaches the stage processes too, they get ``INTERRUPT_GRACE_S`` to end; SIGTERM or SIGHUP, which reach
+only this process, is passed on to them as SIGTERM (a training stage saves at its next step boundary and exits, any
+other stage ends at once) and they get ``STOP_GRACE_S``; the ones still running then are killed. Completed stages
+keep their manifests (a rerun skips them), an interrupted stage keeps its ``running`` manifest (a rerun resumes it),
+and ``r1mega run`` exits with 128 + the signal's number (143 after SIGTERM, 130 after Ctrl-C).
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -41,6 +50,10 @@ from r1mega.platform.distributed import free_port
 
 CHILD_ENV = STAGE_PROCESS_ENV  # set in a stage's child processes: the parent writes the report
 RANK_GRACE_S = 10  # after one rank of a stage fails, the others get this long to exit before they are killed
+STOP_GRACE_S = 10  # after SIGTERM/SIGHUP, the stage processes get this long to exit (SIGTERM) before they are killed
+INTERRUPT_GRACE_S = 60  # after Ctrl-C (or an error in the scheduler), the same, without a signal from here
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # handled like Ctrl-C while stages run
+FORKSERVER_PRELOAD = (__name__, "r1mega.pipeline.stage_imports")  # imported once by the fork server
 
 
 def dependencies(cfg, stage) -> set[str]:
@@ -120,6 +133,19 @@ class StageFailed(RuntimeError):
     pass
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the scheduler: its stages were stopped as after Ctrl-C (a KeyboardInterrupt, so
+    whatever handles Ctrl-C handles it too); ``exit_code`` is 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(self.signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 class _Scheduler:
     def __init__(self, cfg, planned: list[tuple], items: list[str], max_parallel: int, log):
         self.todo = [(st, Path(d)) for st, d, _, action in planned if action != "skip"]
@@ -130,17 +156,21 @@ class _Scheduler:
         self.width = max([len(st.name) for st, _ in self.todo] + [1])
         self.items, self.max_parallel, self.log = list(items), max_parallel, log
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload([__name__, "r1mega.pipeline.stage_imports"])
+        self.ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))
         self.running: dict[str, tuple] = {}  # name -> (processes (rank order), rank 0's log tail, stage dir, start time)
         self.failing: dict[str, tuple] = {}  # name -> (when, rank): its first failed rank (the others get RANK_GRACE_S)
         self.done: set[str] = set()
         self.failed: list[tuple] = []
         self.stopped: list[str] = []
         self.started: set[str] = set()
+        self.signalled: Optional[int] = None  # SIGTERM/SIGHUP received: the loop raises Interrupted at its next turn
+        self.stopping = False  # stopping the running stages (after a signal, Ctrl-C or an error)
+        self.hurry = False  # a second signal while stopping: kill what is left without waiting
+        self.pid = os.getpid()
 
     def _startable(self) -> Optional[int]:
         """Index in ``todo`` of the first stage that may start now, or None."""
-        if self.failed or self.stopped:
+        if self.failed or self.stopped or self.signalled is not None:
             return None
         free = self.max_parallel - sum(len(procs) for procs, *_ in self.running.values())
         for i, (st, _) in enumerate(self.todo):
@@ -154,7 +184,9 @@ class _Scheduler:
         d.mkdir(parents=True, exist_ok=True)
         log = d / "stage.log"
         tail = _Tail(log)
-        procs = []
+        procs = []  # registered before they start: an error or Ctrl-C while starting the next rank stops these too
+        beside = f" beside {', '.join(self.running)}" if self.running else ""
+        self.running[st.name] = (procs, tail, d, time.time())
         port = free_port() if st.processes > 1 else None
         for rank in range(st.processes):
             env = None
@@ -166,12 +198,10 @@ class _Scheduler:
                                     name=f"stage-{st.name}-{rank}")
             proc.start()
             procs.append(proc)
-        beside = f" beside {', '.join(self.running)}" if self.running else ""
         nice = f" at nice {st.nice}" if st.nice else ""
         where = (f"processes {', '.join(str(p.pid) for p in procs)} (ranks 0-{len(procs) - 1})" if len(procs) > 1
                  else f"process {procs[0].pid}")
         self.log(f"[r1mega] stage {st.name} ({st.kind}): started in {where}{nice}{beside}; log {log}")
-        self.running[st.name] = (procs, tail, d, time.time())
 
     def _echo(self, name: str, tail: "_Tail", final: bool = False) -> None:
         for line in tail.lines(final):
@@ -211,26 +241,116 @@ class _Scheduler:
                 self.results[name] = m.get("metrics", {})
                 self.log(f"[r1mega] stage {name}: complete in {time.time() - t0:.0f} s")
 
+    def _on_signal(self, signum, frame) -> None:
+        """SIGTERM/SIGHUP: only noted here; the loop raises :class:`Interrupted` at its next turn (within 0.2 s), never
+        in the middle of starting a stage's processes. A second one while the stages stop kills them at once."""
+        if os.getpid() != self.pid:  # a process forked from this one (not a stage: those come from the fork server)
+            signal.signal(signum, signal.SIG_DFL)  # reacts as it would without this handler
+            os.kill(os.getpid(), signum)
+            return
+        if self.signalled is not None or self.stopping:
+            self.hurry = True
+        else:
+            self.signalled = signum
+
+    def _catch_signals(self) -> dict:
+        """Route STOP_SIGNALS to :meth:`_on_signal` (main thread only: elsewhere Python cannot, and the signals keep
+        their default action); a signal that is ignored (``nohup``) or handled outside Python is left alone.
+        Returns the handlers replaced, for :meth:`_restore_signals`."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in STOP_SIGNALS:
+            old = signal.getsignal(sig)
+            if old is None or old == signal.SIG_IGN:
+                continue
+            signal.signal(sig, self._on_signal)
+            previous[sig] = old
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    def _stop_running(self, signum: Optional[int]) -> None:
+        """Stop every running stage process: after SIGTERM/SIGHUP (``signum``) each gets SIGTERM and STOP_GRACE_S to
+        exit, after Ctrl-C (which reached them too) or an error here INTERRUPT_GRACE_S; then the rest are killed
+        (at once after a second signal or Ctrl-C), and all are joined (their fork server reaps them). Manifests are
+        the stages' own: a completed stage stays complete, an interrupted one stays 'running' (a rerun resumes it)."""
+        self.stopping = True
+        procs = [p for ps, *_ in self.running.values() for p in ps]
+        if not procs:
+            return
+        grace = STOP_GRACE_S if signum is not None else INTERRUPT_GRACE_S
+        if signum is not None:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            self._say(f"[r1mega] {signal.Signals(signum).name}: stopping stage {', '.join(self.running)} "
+                      f"(SIGTERM, killed after {grace} s)")
+        deadline = time.time() + grace
+        try:
+            while any(p.is_alive() for p in procs) and time.time() < deadline and not self.hurry:
+                time.sleep(0.1)
+        except KeyboardInterrupt:  # Ctrl-C while waiting: no more waiting
+            pass
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(timeout=10)
+        for name, (ps, tail, d, t0) in list(self.running.items()):
+            del self.running[name]
+            try:
+                status = (manifest.read(d) or {}).get("status")
+            except RuntimeError:
+                status = "unreadable"
+            codes = ", ".join(str(p.exitcode) for p in ps)
+            if status == "complete":
+                self.done.add(name)
+                msg = f"[r1mega] stage {name}: complete (exit {codes})"
+            else:
+                self.stopped.append(name)
+                msg = (f"[r1mega] stage {name}: interrupted after {time.time() - t0:.0f} s (exit {codes}, "
+                       f"status {status}); rerun to resume")
+            self._say(msg, name, tail)
+
+    def _say(self, msg: str, name: Optional[str] = None, tail: Optional[_Tail] = None) -> None:
+        """Log while stopping, where the console may be gone (SIGHUP: the terminal closed): never raises."""
+        try:
+            if tail is not None:
+                self._echo(name, tail, final=True)
+            self.log(msg)
+        except Exception:  # noqa: BLE001
+            pass
+
     def run(self) -> dict:
         for name in self.results:
             self.log(f"[r1mega] stage {name}: complete, skipped")
+        previous = self._catch_signals()
         try:
-            while self.running or (len(self.started) < len(self.todo) and not self.failed and not self.stopped):
-                while (i := self._startable()) is not None:
-                    self._start(i)
-                if not self.running and len(self.started) < len(self.todo) and not self.failed and not self.stopped:
-                    waiting = {st.name: sorted(self.deps[st.name] - self.done) for st, _ in self.todo
-                               if st.name not in self.started}  # cannot happen with a validated config
-                    raise StageFailed(f"stages wait for stages that did not complete: {waiting}")
-                time.sleep(0.2)
-                self._reap()
-        except BaseException:  # Ctrl-C reaches the children too: give them a minute to stop cleanly
-            for procs, *_ in self.running.values():
-                for proc in procs:
-                    proc.join(timeout=60)
-                    if proc.is_alive():
-                        proc.kill()
-            raise
+            try:
+                while self.running or (len(self.started) < len(self.todo) and not self.failed and not self.stopped):
+                    while (i := self._startable()) is not None:
+                        self._start(i)
+                    if self.signalled is not None:
+                        raise Interrupted(self.signalled)
+                    if not self.running and len(self.started) < len(self.todo) and not self.failed and not self.stopped:
+                        waiting = {st.name: sorted(self.deps[st.name] - self.done) for st, _ in self.todo
+                                   if st.name not in self.started}  # cannot happen with a validated config
+                        raise StageFailed(f"stages wait for stages that did not complete: {waiting}")
+                    time.sleep(0.2)
+                    if self.signalled is not None:
+                        raise Interrupted(self.signalled)
+                    self._reap()
+                if self.signalled is not None:
+                    raise Interrupted(self.signalled)
+            except BaseException as e:  # SIGTERM/SIGHUP, Ctrl-C (reaches the children too) or an error
+                self._stop_running(e.signum if isinstance(e, Interrupted) else self.signalled)
+                raise
+        finally:
+            self._restore_signals(previous)
         if self.failed:
             raise StageFailed("; ".join(f"stage {n!r} failed (exit {rc}), see {p}" for n, rc, p in self.failed))
         return self.results

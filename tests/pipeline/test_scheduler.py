@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 import yaml
 
 from r1mega.config import ConfigError, load_config
-from r1mega.pipeline.scheduler import _Scheduler, dependencies
+from r1mega.pipeline.scheduler import Interrupted, _Scheduler, dependencies
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,11 +192,17 @@ def test_a_two_process_stage_trains_like_one_process(tmp_path):
 
 
 class _FakeProcess:
-    def __init__(self, exitcode=None):
-        self.exitcode, self.pid, self.killed = exitcode, 1, False
+    def __init__(self, exitcode=None, ignores_sigterm=False):
+        self.exitcode, self.pid, self.killed, self.terminated = exitcode, 1, False, False
+        self.ignores_sigterm = ignores_sigterm
 
     def is_alive(self):
         return self.exitcode is None
+
+    def terminate(self):
+        self.terminated = True
+        if self.exitcode is None and not self.ignores_sigterm:
+            self.exitcode = -15
 
     def kill(self):
         self.killed, self.exitcode = True, -9
@@ -223,3 +232,199 @@ def test_a_failed_rank_stops_its_stage(tmp_path, monkeypatch):
     assert rank0.killed and "pretrain" not in sched.running
     assert sched.failed == [("pretrain", 1, tmp_path / "pretrain" / "stage.rank1.log")]
     assert sched._startable() is None  # nothing new starts after a failure
+
+
+def test_sigterm_stops_the_running_stages_like_ctrl_c(tmp_path, monkeypatch):
+    """While stages run, SIGTERM and SIGHUP are the scheduler's (in the main thread only): it passes SIGTERM on to
+    every stage process, kills the ones still running after STOP_GRACE_S, and raises Interrupted (a
+    KeyboardInterrupt, exit code 143); afterwards the previous handlers are back. A SIGHUP ignored by ``nohup``
+    stays ignored."""
+    from r1mega.pipeline import scheduler
+
+    cfg = load_config(str(ROOT / "examples/tiny/demo.yaml"), [])
+    d = tmp_path / "pretrain"
+    d.mkdir()
+    sched = _Scheduler(cfg, [(cfg.stage("pretrain"), d, "", "run")], [], 2, log=lambda msg: None)
+    monkeypatch.setattr(scheduler, "STOP_GRACE_S", 0.3)
+    rank0, rank1 = _FakeProcess(), _FakeProcess(ignores_sigterm=True)  # rank 1 does not react: killed
+    sched.started.add("pretrain")
+    sched.running["pretrain"] = ([rank0, rank1], scheduler._Tail(d / "stage.log"), d, 0.0)
+    seen = []
+
+    def reap():  # the signal arrives while the stage runs
+        seen.append({sig: signal.getsignal(sig) for sig in scheduler.STOP_SIGNALS})
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+
+    monkeypatch.setattr(sched, "_reap", reap)
+    term, hup = signal.getsignal(signal.SIGTERM), signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with pytest.raises(Interrupted) as e:
+            sched.run()
+        assert signal.getsignal(signal.SIGTERM) == term and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, hup)
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.exit_code == 128 + signal.SIGTERM
+    assert seen[0] == {signal.SIGTERM: sched._on_signal, signal.SIGHUP: signal.SIG_IGN}
+    assert rank0.terminated and not rank0.killed and rank1.terminated and rank1.killed
+    assert sched.stopped == ["pretrain"] and not sched.running
+
+    sched.signalled, sched.stopping, sched.hurry = None, False, False  # a second signal while stopping: no waiting
+    monkeypatch.setattr(scheduler, "STOP_GRACE_S", 60)
+    stuck = _FakeProcess(ignores_sigterm=True)
+    sched.running["pretrain"] = ([stuck], scheduler._Tail(d / "stage.log"), d, 0.0)
+    sched._on_signal(signal.SIGTERM, None)
+    sched._on_signal(signal.SIGTERM, None)
+    t0 = time.time()
+    sched._stop_running(sched.signalled)
+    assert stuck.terminated and stuck.killed and time.time() - t0 < 5
+
+    caught = []  # not the main thread: Python cannot install a handler there, nothing changes
+    t = threading.Thread(target=lambda: caught.append(sched._catch_signals()))
+    t.start()
+    t.join()
+    assert caught == [{}]
+
+
+# Preloaded by the fork server of the test below: the stages' work is faked, the rest (the child's `r1mega run
+# --only`, its runner and manifests) is real. Rank 0 of `slow` stops at SIGTERM as a training stage does (at its
+# next step, exit 0, manifest left 'running'); rank 1 ignores SIGTERM (say, stuck in a collective).
+FAKE_STAGES = """
+import os, signal, time
+from pathlib import Path
+
+import r1mega.cli, r1mega.config, r1mega.platform.distributed, r1mega.train.entry
+from r1mega.pipeline import runner
+
+
+def _run_kind(cfg, stage):
+    if stage.name == "quick":
+        return {"loss": 1.0}
+    rank = int(os.environ.get("RANK", "0"))
+    if rank:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop = None
+    else:
+        stop = r1mega.train.entry.StopFlag()
+    d = Path(cfg.stage_dir(stage))
+    (d / f"pid.{rank}.tmp").write_text(str(os.getpid()))
+    os.replace(d / f"pid.{rank}.tmp", d / f"pid.{rank}")
+    for step in range(600):
+        time.sleep(0.1)
+        if stop is not None and stop.should_stop():
+            return {"stopped_at": step}
+    return {"loss": 0.0}
+
+
+runner._run_kind = _run_kind
+r1mega.platform.distributed.destroy = lambda *a, **k: None  # no process groups here; Megatron is slow to import
+"""
+
+SCHEDULER = """
+import sys
+from r1mega.pipeline import scheduler
+
+scheduler.FORKSERVER_PRELOAD = ("r1mega.pipeline.scheduler", "fake_stages")  # not torch, vLLM, Megatron
+scheduler.STOP_GRACE_S = 1
+from r1mega.cli import main
+from r1mega.pipeline import runner
+from r1mega.platform import distributed
+
+runner._write_report = lambda cfg: None  # not the subject here, and slow to import (as is Megatron, for destroy)
+distributed.destroy = lambda *a, **k: None
+
+sys.exit(main(["run", sys.argv[1]]))
+"""
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (exited, waiting to be reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _fork_server_process(pid: int) -> bool:
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_r1mega_run_stops_its_stage_processes(tmp_path):
+    """`kill` of `r1mega run` (SIGTERM) while a stage runs in two processes: the run exits with 143 after stopping
+    both (the one that ignores SIGTERM is killed after the grace), the fork server ends with it, the stage
+    completed before stays complete (a rerun skips it) and the interrupted one stays 'running' (a rerun resumes it)."""
+    (tmp_path / "fake_stages.py").write_text(FAKE_STAGES)
+    run = tmp_path / "run"
+    stages = [{"name": "quick", "kind": "pretrain", "steps": 1},
+              {"name": "slow", "kind": "pretrain", "steps": 1, "processes": 2, "after": ["quick"]}]
+    cfg = {**CONFIG, "optimizer": {**CONFIG["optimizer"], "global_batch_size": 4},
+           "pipeline": {"run_dir": str(run), "max_parallel": 2, "stages": stages}}
+    path = tmp_path / "sigterm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "out.txt"
+    pids: list[int] = []
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", SCHEDULER, str(path)], stdout=f, stderr=subprocess.STDOUT,
+                                env=env)
+    try:
+        deadline = time.time() + 120  # imports on a busy machine; the rest takes seconds
+        while len(pids) < 2 and proc.poll() is None and time.time() < deadline:
+            pids = [int((run / "slow" / f"pid.{r}").read_text()) for r in (0, 1)
+                    if (run / "slow" / f"pid.{r}").exists()]
+            time.sleep(0.1)
+        assert len(pids) == 2, out.read_text()[-3000:]
+        assert json.loads((run / "quick" / "manifest.json").read_text())["status"] == "complete"
+        servers = [p for p in _children(proc.pid) if _fork_server_process(p)]
+        assert servers, "no fork server"
+
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        deadline = time.time() + 10
+        while not all(_gone(p) for p in pids + servers) and time.time() < deadline:
+            time.sleep(0.1)
+        text = out.read_text()
+        assert all(_gone(pid) for pid in pids), ("stage processes still running", code, text[-3000:])
+        assert all(_gone(p) for p in servers), "fork server still running"  # it ends when its parent goes
+        assert code == 128 + signal.SIGTERM and time.time() - t0 < 30, (code, time.time() - t0, text[-3000:])
+        assert "stage slow: interrupted" in text and "r1mega: stopped by SIGTERM" in text, text[-3000:]
+
+        assert json.loads((run / "quick" / "manifest.json").read_text())["status"] == "complete"
+        assert json.loads((run / "slow" / "manifest.json").read_text())["status"] == "running"
+        from r1mega.pipeline.runner import plan
+
+        actions = {st.name: action for st, _, _, action in plan(load_config(str(path), [], world_size=1))}
+        assert actions == {"quick": "skip", "slow": "resume"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:  # orphans (without the handler): ours, a fork server's children
+            if _fork_server_process(pid) and not _gone(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
