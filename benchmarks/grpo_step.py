@@ -132,7 +132,7 @@ def r1mega_config(a, work: Path, engine: str, ckpt: str, tokenizer: str) -> dict
     return {
         "name": f"bench-grpo-{engine}",
         "cpu_threads": a.threads or None,
-        "model": {"preset": "tiny"},
+        "model": checkpoint_model(ckpt),
         "optimizer": {"lr": a.lr, "min_lr": a.lr, "warmup_steps": 0, "decay_style": "constant", "weight_decay": 0.01,
                       "adam_beta1": 0.9, "adam_beta2": 0.95, "clip_grad": 1.0,
                       "micro_batch_size": a.micro, "global_batch_size": rows},
@@ -418,6 +418,13 @@ def _run(cmd: list, env=None, log: Path = None) -> None:
     if rc:
         sys.stdout.write("".join(tail))
         raise SystemExit(f"command failed ({rc}): {' '.join(str(c) for c in cmd)} (log: {log})")
+
+
+def checkpoint_model(ckpt: str) -> dict:
+    """The model config the checkpoint was trained with (its r1mega_meta.json); the tiny preset if it has none."""
+    meta = Path(ckpt) / "r1mega_meta.json"
+    model = json.loads(meta.read_text()).get("model") if meta.exists() else None
+    return model or {"preset": "tiny"}
 
 
 def ensure_checkpoint(a, work: Path) -> tuple[str, str]:

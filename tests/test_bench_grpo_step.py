@@ -3,6 +3,7 @@ argument parsing and that the r1mega config it writes is valid. No model, engine
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,14 @@ def test_r1mega_config_is_valid(tmp_path):
         assert stage.cpu_threads is None  # --threads 0: torch's default
     one = load_config_from(b, b.parse_args(["--threads", "1"]), tmp_path)
     assert one.cpu_threads == 1
+
+
+def test_the_model_comes_from_the_checkpoint(tmp_path):
+    b = _bench()
+    ck = tmp_path / "step_00000800"
+    ck.mkdir()
+    model = {"preset": "tiny", "kv_lora_rank": 64, "vocab_size": 640}
+    (ck / "r1mega_meta.json").write_text(json.dumps({"step": 800, "model": model}))
+    a = b.parse_args([])
+    assert b.r1mega_config(a, tmp_path, "vllm", str(ck), "tok")["model"] == model
+    assert b.r1mega_config(a, tmp_path, "vllm", str(tmp_path / "none"), "tok")["model"] == {"preset": "tiny"}
