@@ -114,8 +114,9 @@ def render(data: dict, plots: dict) -> str:
         L += _table(["benchmark"] + [name if label == "-" else label for label, name in shown],
                     [[b] + [pct(evals[name]["benchmarks"].get(b)) for _, name in shown] for b in benches]) + [""]
         if any(evals[name].get("benchmark_language") for _, name in shown):
+            zh = "; `_zh`: the same problems asked in Chinese" if any(b.endswith("_zh") for b in benches) else ""
             L += ["Language consistency per benchmark (share of the chain of thought in the language the question "
-                  "was asked in; `_zh`: the same problems asked in Chinese):", ""]
+                  f"was asked in{zh}):", ""]
             L += _table(["benchmark"] + [name if label == "-" else label for label, name in shown],
                         [[b] + [pct((evals[name].get("benchmark_language") or {}).get(b)) for _, name in shown]
                          for b in benches]) + [""]

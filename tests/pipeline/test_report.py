@@ -266,3 +266,28 @@ def test_language_is_scored_against_the_language_each_question_was_asked_in(tmp_
                         "settings": {"template": "r1_zero"}}, path)
     assert entry["overall"]["language"] == pytest.approx(overall)
     assert entry["benchmark_language"]["arith_zh"] == pytest.approx(5 / 9)
+
+
+def test_the_report_shows_language_per_benchmark(tmp_path):
+    run_dir = tmp_path / "run"
+    en = "<think> Step 1: 7-3=4. </think> <answer> 4 </answer>"
+    zh = "<think> 第1步：7-3=4。 </think> <answer> 4 </answer>"
+    for stage, zh_answers in (("eval_base", [en, en]), ("eval_r1", [zh, en])):  # Chinese questions: 0% vs 50%
+        d = run_dir / stage
+        _eval(d, _row(0.5, 0.5, 0.5, 1.0, 20.0), _row(0.5, 0.5, 0.5, 1.0, 20.0), _row(0.5, 0.5, 0.5, 1.0, 20.0, n=8))
+        summary = json.loads((d / "eval.json").read_text())
+        summary["summary"]["arith_zh"] = summary["summary"]["word"]
+        (d / "eval.json").write_text(json.dumps(summary))
+        rows = [("arith", "en", en), ("arith", "en", zh)] + [("arith_zh", "zh", t) for t in zh_answers]
+        (d / "eval_samples.jsonl").write_text("".join(
+            json.dumps({"id": i, "benchmark": b, "lang": lang, "text": t}, ensure_ascii=False) + "\n"
+            for i, (b, lang, t) in enumerate(rows)))
+    cfg_path = tmp_path / "pipe.yaml"
+    stages = [{"name": "pretrain", "kind": "pretrain", "steps": 2},
+              {"name": "eval_base", "kind": "eval", "init_from": "pretrain"},
+              {"name": "eval_r1", "kind": "eval", "init_from": "pretrain"}]
+    cfg_path.write_text(yaml.safe_dump({"name": "zh", "pipeline": {"run_dir": str(run_dir), "stages": stages}}))
+    md = write_report(run_dir, load_config(str(cfg_path))).read_text()
+    assert ("Language consistency per benchmark (share of the chain of thought in the language the question was "
+            "asked in; `_zh`: the same problems asked in Chinese):") in md
+    assert "| arith | 50.0 | 50.0 |" in md and "| arith_zh | 0.0 | 50.0 |" in md
