@@ -167,7 +167,7 @@ def run_tokenizer_dir(data_cfg) -> Path:
     ``data.tokenizer_vocab_size`` tokens (:func:`default_tokenizer_dir`)."""
     if data_cfg.tokenizer_path:
         return _tokenizer_dir(data_cfg.tokenizer_path)
-    return default_tokenizer_dir(vocab_size=getattr(data_cfg, "tokenizer_vocab_size", DEFAULT_VOCAB_SIZE))
+    return default_tokenizer_dir(vocab_size=data_cfg.tokenizer_vocab_size)
 
 
 def load_tokenizer(path: Union[str, os.PathLike, None] = None):

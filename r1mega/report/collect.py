@@ -172,11 +172,6 @@ def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=Non
     return (overall[0] / overall[1] if overall else None), {b: t / n for b, (t, n) in sums.items()}
 
 
-def language_score(samples_path: Path, template: Optional[str], rewards_cfg=None) -> Optional[float]:
-    """The overall mean of :func:`language_scores`."""
-    return language_scores(samples_path, template, rewards_cfg)[0]
-
-
 def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> dict:
     """{settings, overall: {n, pass@1, pass@K.., cons@K, format, language, mean_tokens}, benchmarks: {name: pass@1}}."""
     summary = data.get("summary") or {}
@@ -299,4 +294,4 @@ def collect(run_dir, cfg=None) -> dict:
 
 
 __all__ = ["collect", "read_metrics", "grpo_summary", "overall_row", "eval_entry", "learning_checks",
-           "language_score", "language_scores", "ROLE_LABELS", "CURVES", "FORMAT_VERSION"]
+           "language_scores", "ROLE_LABELS", "CURVES", "FORMAT_VERSION"]

@@ -31,7 +31,6 @@ from r1mega.config.base import check, check_int, doc
 from . import arith, nonreasoning, word
 from .base import (DIFFICULTIES, HELDOUT_FRACTION, LANGS, SPLITS, STEP_WORDS, TAGS, Problem, Step, TaskError,
                    canonical_int, check_steps, eval_expr, split_of, worked_step)
-from .base import zh_characters as _step_zh_characters
 
 REASONING_TASKS = {"arith": arith, "word": word}
 TASKS = tuple(REASONING_TASKS) + ("nonreasoning",)
@@ -47,9 +46,8 @@ __all__ = [
 def zh_characters() -> str:
     """The sorted non-ASCII characters of every Chinese text the tasks write: step words and the Chinese
     questions (the tokenizer adds each of them as a token)."""
-    chars = set(_step_zh_characters())
-    for mod in REASONING_TASKS.values():
-        chars.update(c for s in getattr(mod, "ZH_STRINGS", ()) for c in s if ord(c) > 127)
+    texts = [*STEP_WORDS["zh"].values(), *(s for mod in REASONING_TASKS.values() for s in mod.ZH_STRINGS)]
+    chars = {c for s in texts for c in s if ord(c) > 127}
     return "".join(sorted(chars))
 
 

@@ -29,20 +29,13 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
-# Step words per language. The Chinese ones are the only CJK text in the project: the tokenizer
-# adds exactly the characters used here (plus any other non-ASCII character its corpus has).
+# Step words per language. With the tasks' Chinese questions they are the only CJK text in the project:
+# the tokenizer adds exactly those characters (r1mega.data.tasks.zh_characters), plus any other non-ASCII
+# character its corpus has.
 STEP_WORDS = {
     "en": {"step": "Step {k}: ", "end": ". ", "answer": "The answer is {a}."},
     "zh": {"step": "第{k}步：", "end": "。", "answer": "所以答案是{a}。"},
 }
-
-
-def zh_characters() -> str:
-    """The sorted non-ASCII characters the Chinese step words use."""
-    chars = set()
-    for w in STEP_WORDS["zh"].values():
-        chars.update(c for c in w if ord(c) > 127)
-    return "".join(sorted(chars))
 
 
 class TaskError(ValueError):
