@@ -47,4 +47,30 @@ def render(template_name: str, prompt: str) -> str:
     return head + prompt + tail
 
 
-__all__ = ["render", "TEMPLATES", "R1_ZERO", "CHAT", "CHAT_PLAIN", "PREFILLS_THINK"]
+class PromptRenderer:
+    """One template bound to a tokenizer: renders a question into the prompt text and its token ids.
+
+    ``prompt`` is a question string or a list of chat messages (``{"role", "content"}``; an optional
+    leading system turn). The built-in templates take a string; ``hf_chat`` (the tokenizer's own chat
+    template) takes either. :attr:`prefills_think` says whether the rendered prompt ends inside an
+    open ``<think>`` block (the format and language rewards read it).
+    """
+
+    def __init__(self, template: str, tokenizer, system_prompt=None, think_prefill: bool = False):
+        if template not in TEMPLATES:
+            raise KeyError(f"unknown template {template!r}; expected one of {', '.join(sorted(TEMPLATES))}")
+        self.template, self.tok = template, tokenizer
+        self.system_prompt, self.think_prefill = system_prompt, think_prefill
+
+    @property
+    def prefills_think(self) -> bool:
+        return self.template in PREFILLS_THINK
+
+    def render(self, prompt) -> tuple[str, list]:
+        if not isinstance(prompt, str):
+            raise TypeError(f"template {self.template!r} takes a question string, got {type(prompt).__name__}")
+        text = render(self.template, prompt)
+        return text, list(self.tok.encode(text))
+
+
+__all__ = ["render", "PromptRenderer", "TEMPLATES", "R1_ZERO", "CHAT", "CHAT_PLAIN", "PREFILLS_THINK"]
