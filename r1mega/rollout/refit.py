@@ -26,7 +26,8 @@ Three transports, one result:
 
 On vLLM-CPU every reload is wrapped so that the fused-MoE layers are padded and re-packed for the
 CPU kernel (:func:`r1mega.platform.vllm_settings.begin_cpu_moe_reload`; without it they are
-silently wrong). After the reload the prefix cache is reset so that no KV block computed with the
+silently wrong), and a tied output layer is re-packed from the embedding it shares
+(:func:`r1mega.platform.vllm_tied.reprocess_tied_layers`). After the reload the prefix cache is reset so that no KV block computed with the
 old weights is reused. On vLLM-CPU an MLA model whose ``kv_lora_rank + qk_rope_head_dim`` is below
 the kernels' 576 is served zero-padded: :func:`pad_mla_buckets` (:func:`pad_mla_latent`).
 """
@@ -199,6 +200,12 @@ def _begin_moe(worker) -> int:
     return len(_SAVED_MOE[id(worker)])
 
 
+def _reprocess_tied(worker) -> list:
+    from r1mega.platform.vllm_tied import reprocess_tied_layers
+
+    return reprocess_tied_layers(_worker_model(worker))
+
+
 def _end_moe(worker) -> int:
     from r1mega.platform.vllm_settings import end_cpu_moe_reload
 
@@ -250,5 +257,10 @@ def refit_vllm(llm, buckets: Iterable, settings, transport: Optional[str] = None
     if settings.moe_repack_after_reload and any(".experts." in n for n in counted.names) and not all(reprocessed):
         raise RuntimeError("refit loaded expert weights but no fused-MoE layer was re-processed (vLLM's "
                            "reload changed?): the CPU MoE kernel would read unpacked weights")
+    if settings.reprocess_tied_after_reload:  # vLLM-CPU: the tied lm_head's packed GEMM kernel is stale
+        redone = llm.collective_rpc(_reprocess_tied)
+        if not all(redone):
+            raise RuntimeError("refit of a tied-embedding model found no layer sharing the embedding's weight in "
+                               "the engine (vLLM's tying changed?): its output layer would keep stale weights")
     llm.reset_prefix_cache()
     return counted.stats(time.perf_counter() - t0)

@@ -57,6 +57,14 @@ def prepare_model_dir(model_cfg, tokenizer_path, out_dir, dtype: Optional[str] =
     return out
 
 
+PROBE_TEXTS = ("The capital of France is Paris. It lies on the Seine, and 2 + 3 = 5.",
+               "Question: what is 12 * 7? <think> 12 * 7 = 84 </think> <answer>84</answer>",
+               "def add(a, b):\n    return a + b\n\nprint(add(2, 3))")
+"""Text whose log-probs the engine and the trainer must agree on after every refit (a few tokens of prose,
+reasoning tags, digits and code: every weight the output depends on is exercised)."""
+PROBE_TOKENS = 48
+
+
 class VllmEngine(RolloutEngine):
     name = "vllm"
 
@@ -101,6 +109,8 @@ class VllmEngine(RolloutEngine):
         self.tokenizer = self.llm.get_tokenizer()
         self.sleeping: set = set()
         self.last_refit: Optional[RefitStats] = None
+        self.last_probe: Optional[dict] = None
+        self._refits = 0
 
     @classmethod
     def from_run_config(cls, cfg, **kw) -> "VllmEngine":
@@ -148,7 +158,8 @@ class VllmEngine(RolloutEngine):
 
         self.wake_up()
         share = split_evenly(len(sequences), self.replicas, self.replica)
-        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False,
+                                seed=0)  # its own generator: the one sampled token leaves global RNG state alone
         outs = self.llm.generate([{"prompt_token_ids": list(sequences[i])} for i in share], params,
                                  use_tqdm=False) if len(share) else []
         local = []
@@ -168,7 +179,38 @@ class VllmEngine(RolloutEngine):
         return self.last_refit
 
     def refit(self, trainer_engine, transport: Optional[str] = None) -> RefitStats:
-        return self.update_weights(trainer_buckets(trainer_engine, self.bucket_bytes), transport=transport)
+        """Load the trainer's weights, then check a probe batch's log-probs against the trainer's
+        (:meth:`check_probe`): no engine serves weights nobody checked."""
+        stats = self.update_weights(trainer_buckets(trainer_engine, self.bucket_bytes), transport=transport)
+        self.check_probe(trainer_engine)
+        return stats
+
+    def check_probe(self, trainer_engine) -> Optional[dict]:
+        """Prompt log-probs of :data:`PROBE_TEXTS` from this engine against ``trainer_engine``'s (collective:
+        every rank calls it); raises :class:`~r1mega.rollout.mismatch.PolicyMismatchError` with the measured
+        figures when their mean |difference| exceeds ``rollout.mismatch_threshold`` (None: no check)."""
+        import torch
+
+        from r1mega.train.batching import lm_batch
+
+        from .mismatch import check_mismatch, mismatch_stats
+
+        threshold = self.rollout_cfg.mismatch_threshold
+        if threshold is None:
+            return None
+        self._refits += 1
+        seqs = [ids for ids in (list(self.tokenizer.encode(t))[:PROBE_TOKENS] for t in PROBE_TEXTS) if len(ids) > 1]
+        engine_lp = self.prompt_logprobs(seqs)
+        batch = lm_batch(seqs)
+        trainer_lp = trainer_engine.logprobs(batch, temperature=1.0)
+        S = trainer_lp.shape[1]
+        rows = torch.tensor([lp + [0.0] * (S - len(lp)) for lp in engine_lp], dtype=trainer_lp.dtype)
+        mask = torch.zeros_like(trainer_lp)
+        for i, lp in enumerate(engine_lp):
+            mask[i, :len(lp)] = 1.0
+        self.last_probe = mismatch_stats(rows, trainer_lp, mask)
+        where = f"vLLM probe after refit {self._refits}" + (" (the start-up load)" if self._refits == 1 else "")
+        return check_mismatch(self.last_probe, threshold, where=where)
 
     # ------------------------------------------------------------ sleep / wake
     def sleep(self) -> None:

@@ -116,6 +116,9 @@ class EngineHost:
     def call(self, which: str, method: str, *args, **kwargs):
         return getattr(self.engine(which), method)(*args, **kwargs)
 
+    def attr(self, which: str, name: str):
+        return getattr(self.engine(which), name)
+
     def settings(self) -> dict:
         return dataclasses.asdict(self.engines["vllm"].settings)
 
