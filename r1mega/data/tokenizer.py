@@ -179,6 +179,20 @@ def load_tokenizer(path: Union[str, os.PathLike, None] = None):
     return AutoTokenizer.from_pretrained(str(d))
 
 
+def save_tokenizer_copy(tok, src_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike]) -> Path:
+    """``tok.save_pretrained(out_dir)`` plus the ``generation_config.json`` of ``src_dir`` (its EOS ids are the
+    stop tokens, see :func:`r1mega.data.chat.stop_token_ids`). The chat template travels with the
+    tokenizer files (transformers writes it as chat_template.jinja)."""
+    import shutil
+
+    out = Path(out_dir)
+    tok.save_pretrained(str(out))
+    gen = Path(src_dir) / "generation_config.json"
+    if gen.is_file():
+        shutil.copyfile(gen, out / "generation_config.json")
+    return out
+
+
 def load_raw_tokenizer(path: Union[str, os.PathLike, None] = None) -> Tokenizer:
     """The plain ``tokenizers.Tokenizer`` (fast to load, no transformers import)."""
     d = default_tokenizer_dir() if path is None else _tokenizer_dir(path)
