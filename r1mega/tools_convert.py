@@ -1,14 +1,16 @@
 """``r1mega convert``: Hugging Face safetensors <-> Megatron distributed checkpoints.
 
-    r1mega convert hf-to-megatron --hf DIR --out CKPT_ROOT [--tp N --pp N --ep N --etp N] [--dtype D]
+    r1mega convert hf-to-megatron --hf DIR|FILE.gguf --out CKPT_ROOT [--tp N --pp N --ep N --etp N] [--dtype D]
     r1mega convert megatron-to-hf --ckpt CKPT_DIR --out HF_DIR [--tokenizer DIR] [--tp/--pp/--ep N]
 
 Run under ``torchrun --nproc-per-node N`` for N > 1 ranks (TP*PP*DP = N). hf-to-megatron
 validates the HF directory (shard files, names, shapes) before building the model, streams the
 HF shards into each rank's Megatron shards (FP8 weights dequantised) and saves step 0 with
 :class:`~r1mega.train.checkpoint.CheckpointManager`, so ``r1mega train`` can init from it at any
-layout. megatron-to-hf loads a checkpoint (any saved layout) at the layout given, gathers the
-weights to rank 0 in buckets and writes safetensors shards, the index and config.json.
+layout; a GGUF file is dequantised by transformers (:mod:`r1mega.bridge.gguf`). The source's
+tokenizer files and config.json go to ``CKPT_ROOT/tokenizer/``. megatron-to-hf loads a checkpoint
+(any saved layout) at the layout given, gathers the weights to rank 0 in buckets and writes
+safetensors shards, the index and config.json.
 See docs/bridge.md.
 """
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Optional, Sequence
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+TOKENIZER_DIR = "tokenizer"
+"""hf-to-megatron writes the source's tokenizer files and config.json into <out>/tokenizer/ (data.tokenizer_path)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--no-mtp", action="store_true", help="leave out the multi-token-prediction layers")
 
     a = sub.add_parser("hf-to-megatron", help="HF safetensors + config.json -> Megatron distributed checkpoint")
-    a.add_argument("--hf", required=True, help="directory with config.json and *.safetensors (+ index)")
+    a.add_argument("--hf", required=True, help="directory with config.json and *.safetensors (+ index), or a .gguf file "
+                   "(or a directory holding one; needs the 'real' extra)")
     a.add_argument("--out", required=True, help="checkpoint root (step_<N>/ is written under it)")
     a.add_argument("--step", type=int, default=0, help="step number of the written checkpoint")
     layout(a)
@@ -72,22 +77,47 @@ def _peak_rss_mb() -> float:
 
 
 def hf_to_megatron(args) -> Path:
-    from r1mega.bridge import from_hf_config, load_hf_weights, open_checkpoint, read_hf_config
+    import time
+
+    from r1mega.bridge import BridgeError, from_hf_config, load_hf_weights, mapping_table, open_checkpoint, read_hf_config
+    from r1mega.bridge.gguf import find_gguf, load_gguf, write_tokenizer_dir
+    from r1mega.platform.distributed import is_rank0
     from r1mega.train.checkpoint import CheckpointManager
     from r1mega.train.engine import TrainEngine
 
-    hf_cfg = read_hf_config(args.hf)
+    t0 = time.perf_counter()
+    if not Path(args.hf).exists():
+        raise BridgeError(f"--hf {args.hf} does not exist (a HF directory or a .gguf file)")
+    gguf_file = find_gguf(args.hf)
+    if gguf_file is not None:  # dequantised by transformers, served from memory
+        hf_cfg, ckpt, tok = load_gguf(gguf_file)
+    else:
+        hf_cfg = read_hf_config(args.hf)
     m = from_hf_config(hf_cfg, params_dtype=args.dtype)
     if args.no_mtp:
         m = dataclasses.replace(m, num_nextn_predict_layers=0)
     mtp = m.num_nextn_predict_layers > 0
-    ckpt = open_checkpoint(args.hf, m, mtp, hf_cfg.get("quantization_config"))  # before any heavy work
+    if gguf_file is not None:
+        ckpt.validate(mapping_table(m, include_mtp=mtp), skip_mtp=not mtp)
+    else:
+        ckpt = open_checkpoint(args.hf, m, mtp, hf_cfg.get("quantization_config"))  # before any heavy work
     parallel = _parallel(args, m.is_moe)
     engine = TrainEngine(m, parallel, None, mtp=mtp)
     stats = load_hf_weights(engine, m, parallel, ckpt, include_mtp=mtp)
+    del ckpt
     path = CheckpointManager(args.out).save(engine, args.step)
+    tok_dir = Path(args.out) / TOKENIZER_DIR
+    if is_rank0():
+        if gguf_file is not None:
+            write_tokenizer_dir(tok, hf_cfg, tok_dir)
+        elif any((Path(args.hf) / f).exists() for f in TOKENIZER_FILES):
+            tok_dir.mkdir(parents=True, exist_ok=True)
+            for f in TOKENIZER_FILES + ("config.json",):
+                if (Path(args.hf) / f).exists():
+                    shutil.copy2(Path(args.hf) / f, tok_dir / f)
     _log(f"{stats['tensors']} HF tensors -> {path} (TP{args.tp} PP{args.pp} EP{args.ep}); "
-         f"peak RSS rank 0: {_peak_rss_mb():.0f} MiB")
+         f"{'tokenizer -> ' + str(tok_dir) + '; ' if tok_dir.is_dir() else ''}"
+         f"{time.perf_counter() - t0:.1f} s, peak RSS rank 0: {_peak_rss_mb():.0f} MiB")
     return path
 
 
