@@ -183,7 +183,9 @@ def test_cpu_moe_repack_is_required(host):
     assert host("settings")["moe_repack_after_reload"] is True
     host("set_setting", "moe_repack_after_reload", False)
     try:
-        host("refit")
+        with pytest.raises(PolicyMismatchError, match="vLLM probe after refit"):  # every refit's probe check
+            host("refit")
+        assert host("attr", "vllm", "last_probe")["mean_abs"] > 0.1
         broken = max_abs_diff(host("call", "vllm", "prompt_logprobs", host.seqs), host("trainer_logprobs", host.seqs))
         assert broken > 0.1
     finally:
