@@ -67,20 +67,20 @@ def resolve_init_checkpoint(cfg, init_from: Optional[str]) -> Optional[Path]:
 
 
 def load_tokenizer_for(cfg, out_dir: Path):
-    from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
+    from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir, save_tokenizer_copy
 
     path = str(run_tokenizer_dir(cfg.data))
     tok = load_tokenizer(path)
     if _rank0():
-        tok.save_pretrained(out_dir / "tokenizer")
+        save_tokenizer_copy(tok, path, out_dir / "tokenizer")  # chat template and generation_config.json too
     if len(tok) > cfg.model.vocab_size:
         raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the tokenizer's {len(tok)} tokens ({path})")
     return tok
 
 
 def _batches(cfg, stage, tok):
-    from r1mega.data.batches import PretrainBatches, SFTBatches
-    from r1mega.data.jsonl import read_jsonl
+    from r1mega.data.batches import PretrainBatches, SFTBatches, read_sft_rows
+    from r1mega.data.templates import renderer_for
 
     o = cfg.optimizer
     if stage.kind == "pretrain":
@@ -88,15 +88,18 @@ def _batches(cfg, stage, tok):
 
         return PretrainBatches(tok, cfg.data.seq_length, o.global_batch_size, seed=cfg.data.seed,
                                corpus=CorpusConfig(**cfg.data.corpus))
-    rows = []
+    rows, where = [], []
     for p in cfg.data.train_paths:
-        got = read_jsonl(cfg.resolve_path(p), required=("prompt", "response"))
+        got, labels = read_sft_rows(cfg.resolve_path(p))
         if not got:
             raise ConfigError("data.train_paths", f"{p} ({cfg.resolve_path(p)}) has no rows")
         rows += got
+        where += labels
     if not rows:
-        raise ConfigError("data.train_paths", f"stage {stage.name!r} ({stage.kind}) needs prompt/response JSONL files")
-    return SFTBatches(tok, rows, cfg.data.seq_length, o.global_batch_size, seed=cfg.data.seed)
+        raise ConfigError("data.train_paths", f"stage {stage.name!r} ({stage.kind}) needs JSONL files of "
+                          "prompt/response or messages rows")
+    return SFTBatches(tok, rows, cfg.data.seq_length, o.global_batch_size, seed=cfg.data.seed,
+                      renderer=renderer_for(cfg.data, tok), where=where)
 
 
 def build_teacher(cfg, stage):
