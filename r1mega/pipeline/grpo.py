@@ -7,8 +7,12 @@ Per iteration, on every rank (SPMD):
          log-probs recomputed by Megatron (rollout log-probs kept for the mismatch check, which runs
          before any weight changes, and truncated IS) -> policy updates over minibatches -> refit
 
-Resumable: the policy (with optimizer), the reference and the iteration are checkpointed; the
-prompts of iteration ``k`` are a pure function of (seed, k).
+Resumable: the policy (with optimizer), the reference and the iteration are checkpointed. Prompts: with
+only the built-in tasks (no ``data.sources`` / ``data.train_paths``) those of iteration ``k`` are a pure
+function of (seed, k); with sources, the mixture's position is saved in the checkpoint's ``extra``
+(``prompts``), since dynamic sampling consumes a variable number per iteration (see
+:mod:`r1mega.data.mixture`). Every rank draws the same global list; the rollout engine splits it over the
+data-parallel replicas. Rank 0 appends each iteration's prompt ids to ``prompts.jsonl`` in the stage directory.
 """
 from __future__ import annotations
 
@@ -64,7 +68,7 @@ def _copy_weights(src_engine, dst_engine) -> None:
 class GRPOStage:
     def __init__(self, cfg, stage):
         from r1mega.algorithms import GRPOLoss
-        from r1mega.data.prompts import TaskPrompts
+        from r1mega.data.mixture import load_sources, make_prompts
         from r1mega.rewards import RewardComputer
         from r1mega.rollout import Sampling, make_engine
         from r1mega.train.checkpoint import CheckpointManager
@@ -72,6 +76,8 @@ class GRPOStage:
         from r1mega.train.entry import load_tokenizer_for, resolve_init_checkpoint
 
         self.cfg, self.stage = cfg, stage
+        # users' prompt files are read and checked before anything starts (a bad row fails in seconds)
+        sources = load_sources(cfg.data, cfg.resolve_path)
         self.rewards = RewardComputer(cfg.rewards).warm_up()  # workers start while the models load
         self.out = Path(cfg.stage_dir(stage))
         self.out.mkdir(parents=True, exist_ok=True)
@@ -82,10 +88,11 @@ class GRPOStage:
         self.tok = load_tokenizer_for(cfg, self.out)
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep_last=cfg.checkpoint.keep_last or 0)
         self.ref_ckpt = CheckpointManager(self.out / "reference", keep_last=1)
-        self.start = 0
+        self.start, resumed = 0, {}
         init = resolve_init_checkpoint(cfg, stage.init_from)
         if cfg.checkpoint.resume and self.ckpt.latest() is not None:
-            self.start = self.ckpt.load(self.policy)["step"]
+            resumed = self.ckpt.load(self.policy)
+            self.start = resumed["step"]
         elif init is not None:
             self.ckpt.load(self.policy, init, load_optimizer=False)
         self.ref = None
@@ -108,9 +115,24 @@ class GRPOStage:
             self.model_reward = ModelRewardScorer.from_run_config(cfg, self.tok)
         self.loss = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens)
         self.loss_reusing_old = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens, old_from_current=True)
-        self.prompts = TaskPrompts(self.tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
-                                   seed=cfg.data.seed, general=True, zh_fraction=cfg.data.zh_prompt_fraction,
-                                   zh_tasks=cfg.data.zh_prompt_tasks)
+        self.prompts = make_prompts(cfg.data, self.tok, sources, seed=cfg.data.seed, general=True)
+        if hasattr(self.prompts, "restore"):
+            self.prompts.restore((resumed.get("extra") or {}).get("prompts"))
+
+    def _extra(self) -> dict:
+        """The checkpoint's ``extra``: the stage name and the prompt mixture's position."""
+        state = self.prompts.state() if hasattr(self.prompts, "state") else None
+        return {"stage": self.stage.name, **({"prompts": state} if state else {})}
+
+    def _record_prompts(self, it: int, items: list) -> None:
+        from r1mega.train.entry import _rank0
+
+        if _rank0():
+            import json
+
+            with open(self.out / "prompts.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"iteration": it + 1, "ids": [i.meta.get("id") for i in items],
+                                    "sources": [i.meta.get("source") for i in items]}) + "\n")
 
     # ------------------------------------------------------------------ pieces
     def _samples(self, items, rollouts) -> list:
@@ -118,7 +140,7 @@ class GRPOStage:
 
         return [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
                              gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
-                             metadata={"lang": items[c.prompt_index].meta.get("lang", "en")},
+                             metadata=items[c.prompt_index].reward_metadata(),
                              response_tokens=len(c.token_ids), max_tokens=self.sampling.max_new_tokens)
                 for c in rollouts.completions]
 
@@ -223,6 +245,7 @@ class GRPOStage:
         g, T = self.cfg.grpo, self.cfg.grpo.temperature
         t0 = time.time()
         items, ro, rewards, comps, counters, t_roll, t_rew = self._generate_scored(it)
+        self._record_prompts(it, items)
         if not items:
             return {"skipped": 1.0}
         r = torch.tensor(rewards, dtype=torch.float32)
@@ -307,9 +330,9 @@ class GRPOStage:
                 log.log(it + 1, last, console=["reward/total", "accuracy", "reward/format", "reward/model",
                                                "response/length_mean", "train/kl/k3", "tokens_per_s"])
                 if (interval and (it + 1) % interval == 0) or it + 1 == steps:
-                    self.ckpt.save(self.policy, it + 1, extra={"stage": self.stage.name})
+                    self.ckpt.save(self.policy, it + 1, extra=self._extra())
                 elif stop.should_stop():
-                    self.ckpt.save(self.policy, it + 1, extra={"stage": self.stage.name})
+                    self.ckpt.save(self.policy, it + 1, extra=self._extra())
                     return {"stopped_at": it + 1, **last}
         finally:
             log.close()
