@@ -14,7 +14,8 @@ class RolloutConfig:
     engine: str = doc("vllm", "Generation engine: 'vllm' (colocated vLLM, weights refitted each step) or 'megatron' (the trainer's own model, slow, for tests).")
     tensor_parallel: int = doc(1, "vLLM tensor-parallel size (independent of the trainer's TP).")
     gpu_memory_utilization: float = doc(0.5, "Fraction of GPU memory vLLM may take (weights + KV cache); the trainer shares the GPU.")
-    kv_cache_memory_bytes: Optional[int] = doc(None, "KV-cache size in bytes for the vLLM CPU backend (None = engine default).")
+    kv_cache_memory_bytes: Optional[int] = doc(None, "KV-cache size in bytes for vLLM (None: on CPU sized for the stage's largest generate batch x max_model_len within cpu_kv_cache_budget_gb; on GPU from gpu_memory_utilization).")
+    cpu_kv_cache_budget_gb: Optional[float] = doc(None, "Most GiB the vLLM-CPU KV cache may take when it is sized from the batch (per engine process; None = min(4, 25% of RAM)). Ignored when kv_cache_memory_bytes is set and on GPU.")
     enable_sleep_mode: bool = doc(True, "Let vLLM release its GPU memory while the trainer runs (GPU only).")
     enforce_eager: bool = doc(False, "Disable CUDA graphs in vLLM (slower; easier debugging).")
     max_model_len: Optional[int] = doc(None, "Longest prompt + completion vLLM accepts (None = data.seq_length).")
@@ -34,6 +35,8 @@ class RolloutConfig:
         check(isinstance(self.gpu_memory_utilization, (int, float)) and 0 < self.gpu_memory_utilization <= 1,
               f"{where}.gpu_memory_utilization", f"got {self.gpu_memory_utilization!r}, expected 0 < value <= 1")
         check_int(self.kv_cache_memory_bytes, f"{where}.kv_cache_memory_bytes", allow_none=True)
+        if self.cpu_kv_cache_budget_gb is not None:
+            check_positive(self.cpu_kv_cache_budget_gb, f"{where}.cpu_kv_cache_budget_gb")
         check_int(self.max_model_len, f"{where}.max_model_len", allow_none=True)
         check_int(self.max_new_tokens, f"{where}.max_new_tokens")
         check_positive(self.temperature, f"{where}.temperature", allow_zero=True)

@@ -77,8 +77,9 @@ def check_lengths(prompt_ids: list, max_new_tokens: int, max_len: int) -> None:
                                                  "(rollout.max_model_len or data.seq_length)")
 
 
-def build_engine(cfg, checkpoint: Path):
-    """(rollout engine, tokenizer) with the weights of ``checkpoint``; collective over the ranks."""
+def build_engine(cfg, checkpoint: Path, max_batch: Optional[int] = None):
+    """(rollout engine, tokenizer) with the weights of ``checkpoint``; collective over the ranks. ``max_batch``:
+    the most sequences one generate call asks for (sizes vLLM-CPU's KV cache)."""
     from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
     from r1mega.rollout import make_engine
     from r1mega.train.checkpoint import CheckpointManager
@@ -88,7 +89,7 @@ def build_engine(cfg, checkpoint: Path):
     CheckpointManager(Path(checkpoint).parent).load(policy, checkpoint, load_optimizer=False)
     tok = load_tokenizer(run_tokenizer_dir(cfg.data))
     if cfg.rollout.engine == "vllm":  # a fresh vLLM engine holds dummy weights: refit it once from the policy
-        engine = make_engine(cfg, trainer_engine=policy, load_trainer_weights=True)
+        engine = make_engine(cfg, trainer_engine=policy, load_trainer_weights=True, max_batch=max_batch)
     else:  # megatron: generates with the policy's own weights
         engine = make_engine(cfg, trainer_engine=policy, tokenizer=tok)
     return engine, tok
@@ -132,7 +133,7 @@ def evaluate(cfg, stage_name: Optional[str] = None, engine=None, tokenizer=None,
 
         reward_computer = own_rc = RewardComputer(probe.rewards_cfg).warm_up()
     if owns_engine:
-        engine, _ = build_engine(rcfg, ckpt)
+        engine, _ = build_engine(rcfg, ckpt, max_batch=min(len(problems), ecfg.batch_prompts) * ecfg.k)
         say(f"eval: engine {getattr(engine, 'name', type(engine).__name__)} ready in {time.perf_counter() - t0:.1f} s")
     try:
         with EvalRunner.from_config(engine, tokenizer, ecfg, rcfg, log=say,

@@ -67,9 +67,8 @@ def select_samples(completions, comps: list, items: list, rc) -> tuple[list, Cou
 
 
 def run_stage(cfg, stage_name: str) -> dict:
-    from r1mega.data.prompts import TaskPrompts
+    from r1mega.data.mixture import load_sources, make_prompts, make_renderer
     from r1mega.data.tasks import generate_nonreasoning
-    from r1mega.data.templates import render
     from r1mega.data.jsonl import write_jsonl
     from r1mega.pipeline.grpo import gather_rewards
     from r1mega.rewards import RewardComputer, RewardSample
@@ -81,6 +80,7 @@ def run_stage(cfg, stage_name: str) -> dict:
     stage = cfg.stage(stage_name)
     cfg = cfg.for_stage(stage)
     rc = cfg.rejection
+    sources = load_sources(cfg.data, cfg.resolve_path)  # users' prompt files: checked before any model loads
     out = Path(cfg.stage_dir(stage))
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer_for(cfg, out)
@@ -93,17 +93,17 @@ def run_stage(cfg, stage_name: str) -> dict:
     with RewardComputer(dataclasses.replace(cfg.rewards, preset="r1_stage2")).warm_up() as computer:
         policy = TrainEngine(cfg.model, cfg.parallel, None, seed=rc.seed, mtp=False)
         CheckpointManager(init.parent).load(policy, init, load_optimizer=False)
-        engine = make_engine(cfg, policy, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}))
+        engine = make_engine(cfg, policy, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}),
+                             max_batch=rc.num_prompts * rc.samples_per_prompt)
         sampling = Sampling.from_config(cfg.rollout, n=rc.samples_per_prompt, temperature=rc.temperature,
                                         top_p=rc.top_p, seed=rc.seed)
-        items = TaskPrompts(tok, cfg.data.tasks, cfg.data.difficulties, cfg.data.template,
-                            seed=rc.seed, zh_fraction=cfg.data.zh_prompt_fraction,
-                            zh_tasks=cfg.data.zh_prompt_tasks).batch(0, rc.num_prompts)
+        # the first num_prompts of the stream (every rank the same list; the engine splits it over replicas)
+        items = make_prompts(cfg.data, tok, sources, seed=rc.seed).batch(0, rc.num_prompts)
         try:
             ro = engine.generate([i.ids for i in items], sampling, n=rc.samples_per_prompt)
             samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
                                     gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
-                                    metadata={"lang": items[c.prompt_index].meta.get("lang", "en")},
+                                    metadata=items[c.prompt_index].reward_metadata(),
                                     response_tokens=len(c.token_ids), max_tokens=sampling.max_new_tokens)
                        for c in ro.completions]
             _, _, comps = gather_rewards(computer, samples)
@@ -112,6 +112,7 @@ def run_stage(cfg, stage_name: str) -> dict:
         finally:
             engine.shutdown()  # (vLLM: also ends the process group; only local work follows)
     rows, stats = select_samples(ro.completions, comps, items, rc)
+    render = make_renderer(cfg.data, tok).render
     if rc.worked_solutions:
         from r1mega.data.tasks import generate_problems
 
@@ -125,13 +126,13 @@ def run_stage(cfg, stage_name: str) -> dict:
                 n = total // len(family) + (i < total % len(family))
                 for p in generate_problems(task, n, seed=rc.seed, split="train", difficulty=cfg.data.difficulties,
                                            lang=lang, unique=False):
-                    rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution().strip(),
+                    rows.append({"prompt": render(p.prompt)[0], "response": p.solution().strip(),
                                  "source": "worked_solution", "gold": p.answer, "task": task,
                                  "difficulty": p.difficulty, "lang": lang})
         stats["accepted/worked_solutions"] = rc.worked_solutions
     n_non = round(len(rows) * rc.nonreasoning_fraction / max(1e-9, 1 - rc.nonreasoning_fraction))
     for p in generate_nonreasoning(n_non, seed=rc.seed, split="train", difficulty=[1, 2], unique=False):
-        rows.append({"prompt": render(cfg.data.template, p.prompt), "response": p.solution("en").strip(),
+        rows.append({"prompt": render(p.prompt)[0], "response": p.solution("en").strip(),
                      "source": "nonreasoning", "gold": p.answer, "task": p.task})
     stats["accepted/nonreasoning"] = n_non
     if not rows:

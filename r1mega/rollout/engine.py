@@ -178,13 +178,24 @@ def make_engine(cfg, trainer_engine=None, **kwargs) -> RolloutEngine:
 
     ``trainer_engine`` is the policy's :class:`~r1mega.train.engine.TrainEngine`: the Megatron
     engine generates with its model directly; the vLLM engine needs it only for :meth:`refit`
-    (pass ``load_trainer_weights=True`` to refit once right after start-up).
+    (pass ``load_trainer_weights=True`` to refit once right after start-up). ``max_batch``: the most
+    sequences one ``generate`` call of the stage asks for (prompts x samples); vLLM-CPU's KV cache is
+    sized for it (:func:`r1mega.platform.vllm_settings.run_kv_cache_size`).
     """
     kind = cfg.rollout.engine
+    max_batch = kwargs.pop("max_batch", None)
     if kind == "vllm":
+        from r1mega.platform import vllm_settings as vs
+        from r1mega.platform.distributed import is_rank0
+
         from .vllm_engine import VllmEngine
 
         load = kwargs.pop("load_trainer_weights", False)
+        kv = vs.run_kv_cache_size(cfg, max_batch, kwargs.get("max_model_len")) if max_batch else None
+        if kv is not None and "kv_cache_memory_bytes" not in kwargs:
+            kwargs["kv_cache_memory_bytes"] = kv.bytes
+            if is_rank0():
+                print(f"[r1mega] vLLM-CPU KV cache: {kv.describe()}", flush=True)
         engine = VllmEngine.from_run_config(cfg, **kwargs)
         if load and trainer_engine is not None:
             engine.refit(trainer_engine)

@@ -56,8 +56,9 @@ def main(cfg, args) -> int:
     tok = load_tokenizer(run_tokenizer_dir(cfg.data))
     texts = _prompts(cfg, tok)
     prompts = [tok.encode(t) for t in texts]
-    engine = make_engine(cfg, trainer, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}))
     n = int(os.environ.get("R1MEGA_GENERATE_N", "1"))
+    engine = make_engine(cfg, trainer, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}),
+                         max_batch=len(prompts) * n)
     t0 = time.perf_counter()
     rollouts = engine.generate(prompts, n=n)
     seconds = time.perf_counter() - t0
