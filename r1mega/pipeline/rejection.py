@@ -4,7 +4,9 @@ Sample k completions per reasoning prompt, keep those that are correct AND reada
 <think>/<answer> format, chain of thought in the target language only, no over-long paragraph,
 no code block, bounded length), deduplicate per prompt, then mix in non-reasoning examples.
 Writes ``samples.jsonl`` (prompt, response, source, ...) for the next SFT stage, which R1 starts
-again from the *base* model, and ``rejection_stats.json``.
+again from the *base* model, and ``rejection_stats.json``. Prompts: the first ``rejection.num_prompts`` of the
+stream of ``data.sources`` / ``data.train_paths`` (seeded by ``rejection.seed``; see :mod:`r1mega.data.mixture`),
+or of the built-in tasks when no source is set; general rows have no rule-based gold and are rejected as incorrect.
 """
 from __future__ import annotations
 

@@ -95,3 +95,17 @@ def test_bad_file_fails_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "TrainEngine", lambda *a, **k: pytest.fail("the model was built before the data check"))
     with pytest.raises(ConfigError, match=r"data.sources\[0\]: .*bad.jsonl: row 2: no 'question' .*the row has \['q'\]"):
         _stage(_cfg(tmp_path, "bad", rows))
+
+
+def test_rejection_sampling_checks_its_sources_before_the_model(tmp_path, monkeypatch):
+    from r1mega.config import load_config
+    from r1mega.pipeline import rejection
+    import r1mega.train.engine as engine
+
+    monkeypatch.setattr(engine, "TrainEngine", lambda *a, **k: pytest.fail("the model was built before the data check"))
+    (tmp_path / "code.jsonl").write_text(json.dumps({"prompt": "Write f", "task_type": "code"}) + "\n")
+    cfg = load_config(None, ["model.preset=tiny-dense", f"pipeline.run_dir={tmp_path / 'run'}",
+                             f"data.train_paths=[{tmp_path / 'code.jsonl'}]",
+                             f"pipeline.stages=[{{name: rs, kind: rejection_sampling, init_from: {tmp_path}}}]"])
+    with pytest.raises(ConfigError, match=r"data.train_paths\[0\]: .*code.jsonl: row 1: code row without tests"):
+        rejection.run_stage(cfg, "rs")
