@@ -82,6 +82,8 @@ def _get(d: dict, key: str, default=None, required: bool = True):
 def from_hf_config(d: dict, params_dtype: Optional[str] = None) -> ModelConfig:
     """A ModelConfig from a ``config.json`` dict (DeepSeek-V3 family or Llama-like dense)."""
     mt = d.get("model_type")
+    if mt not in ("llama", "mistral", "deepseek_v3"):  # before any other field: the architecture decides them
+        raise ConfigError("config.json:model_type", f"{mt!r} is not supported (deepseek_v3, llama, mistral)")
     dtype = params_dtype or _TORCH_DTYPES.get(str(d.get("torch_dtype", d.get("dtype"))), "float32")
     if d.get("hidden_act", "silu") != "silu":
         raise ConfigError("config.json:hidden_act", f"{d['hidden_act']!r} is not supported (only silu)")
@@ -104,8 +106,6 @@ def from_hf_config(d: dict, params_dtype: Optional[str] = None) -> ModelConfig:
                         num_nextn_predict_layers=0)
         m.validate()
         return m
-    if mt != "deepseek_v3":
-        raise ConfigError("config.json:model_type", f"{mt!r} is not supported (deepseek_v3, llama, mistral)")
     if d.get("rope_interleave", True) is False:
         raise ConfigError("config.json:rope_interleave", "False is not supported (Megatron MLA and vLLM use interleaved rope)")
     if d.get("moe_layer_freq", 1) != 1:

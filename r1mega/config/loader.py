@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Sequence
 
 from . import yamlio
 from .base import ConfigError
+from .model_source import check_init_checkpoints, fill_models
 from .run import RunConfig
 from .schema import Raw, build, deep_merge, set_dotted
 
@@ -81,12 +82,14 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), *,
     """
     data = read_yaml(path) if path is not None else {}
     apply_overrides(data, overrides)
+    data = fill_models(data)  # model.hf_config, or the init checkpoint's model when none is named
     cfg = build(RunConfig, data)
     for stage in cfg.pipeline.stages:  # catch unknown keys / types in stage overrides even when not validating
         if stage.name:
             cfg.for_stage(stage)
     if validate:
         cfg.validate(world_size)
+        check_init_checkpoints(cfg)
     return cfg
 
 

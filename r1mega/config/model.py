@@ -15,6 +15,7 @@ from .base import ConfigError, check, check_choice, check_positive, doc
 @dataclass
 class ModelConfig:
     preset: Optional[str] = doc(None, "Name of the preset these values came from (informational; set by presets).")
+    hf_config: Optional[str] = doc(None, "A Hugging Face config.json (or its directory): the model fields come from it, other model.* keys apply on top (r1mega/config/model_source.py). Without a preset or hf_config, a stage whose init_from is a checkpoint takes that checkpoint's model.")
     arch: str = doc("deepseek_v3", "Architecture family: 'deepseek_v3' (MLA + DeepSeekMoE) or 'dense' (GQA + SwiGLU, distillation students).")
     vocab_size: int = doc(512, "Vocabulary size (the tokenizer's size; padded for TP by the builder).")
     hidden_size: int = doc(128, "Model width.")

@@ -78,13 +78,6 @@ def _set_rng_state(s: dict) -> None:
     get_cuda_rng_tracker().set_states(s["tracker"])
 
 
-# Model fields that change tensor shapes: a mismatch is an incompatible checkpoint.
-_SHAPE_FIELDS = ("arch", "vocab_size", "hidden_size", "num_layers", "intermediate_size", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                 "qk_rope_head_dim", "v_head_dim", "first_k_dense_replace", "n_routed_experts", "n_shared_experts",
-                 "moe_intermediate_size", "tie_word_embeddings")
-
-
 class CheckpointManager:
     def __init__(self, root: str | os.PathLike, keep_last: int = 3):
         self.root = Path(root)
@@ -197,9 +190,8 @@ class CheckpointManager:
 
     @staticmethod
     def _check_compatible(engine, meta: dict, path: Path) -> None:
-        saved = meta.get("model", {})
-        now = dataclasses.asdict(engine.model_cfg)
-        diff = [f"{k}: checkpoint {saved.get(k)!r} vs model {now.get(k)!r}" for k in _SHAPE_FIELDS
-                if k in saved and saved.get(k) != now.get(k)]
+        from r1mega.config.model_source import shape_mismatches
+
+        diff = shape_mismatches(meta.get("model", {}), dataclasses.asdict(engine.model_cfg))
         if diff:
             raise CheckpointError(f"checkpoint {path} does not fit the model: " + "; ".join(diff))
