@@ -12,7 +12,8 @@ controller subclass replaces Megatron's sampling and stopping:
   has one RNG for the batch);
 * the log-prob of each sampled token is taken from the logits it was sampled from (KV-cached
   decode), so it equals ``TrainEngine.logprobs`` of the finished sequence up to fp32 rounding;
-* a completion ends at the end-of-sequence token, at a stop string (checked on the decoded text),
+* a completion ends at the end-of-sequence token, at a ``stop_token_ids`` token (``stop_reason`` = the
+  token id, as vLLM), at a stop string (checked on the decoded text),
   or after ``max_new_tokens``; the end-of-sequence token is kept in ``token_ids`` (as vLLM does).
 
 Limits: the trainer must be built without MTP layers (``TrainEngine(..., mtp=False)``, as RL does)
@@ -80,6 +81,8 @@ def _controller_class():
             s = self.sampling
             if self.eos_id is not None and tok == self.eos_id:
                 row.done, row.reason = True, "stop"  # stop_reason stays None, as vLLM reports EOS
+            elif tok in s.stop_token_ids:
+                row.done, row.reason, row.stop_reason = True, "stop", tok  # kept in token_ids, as vLLM does
             elif s.stop:
                 text = self.decode(row.tokens)
                 hits = [(text.find(x), x) for x in s.stop if x in text]

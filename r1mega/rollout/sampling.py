@@ -35,9 +35,11 @@ class Sampling:
     stop: tuple = field(default_factory=lambda: ("</answer>",))
     include_stop_str_in_output: bool = True
     seed: int = 1234
+    stop_token_ids: tuple = ()  # besides EOS: e.g. the chat template's end-of-turn (PromptRenderer.stop_token_ids)
 
     def __post_init__(self):
         object.__setattr__(self, "stop", tuple(self.stop or ()))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in (self.stop_token_ids or ())))
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.max_new_tokens < 1:
@@ -48,11 +50,14 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @classmethod
-    def from_config(cls, rollout, **overrides) -> "Sampling":
-        """From a :class:`~r1mega.config.rollout.RolloutConfig` (``n`` and any field overridable)."""
+    def from_config(cls, rollout, renderer=None, **overrides) -> "Sampling":
+        """From a :class:`~r1mega.config.rollout.RolloutConfig` (``n`` and any field overridable). With the
+        stage's ``renderer`` (:class:`~r1mega.data.templates.PromptRenderer`) generation also stops on its
+        tokenizer's EOS / end-of-turn tokens (``stop_token_ids``)."""
         base = dict(max_new_tokens=rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
                     top_k=rollout.top_k, stop=tuple(rollout.stop),
-                    include_stop_str_in_output=rollout.include_stop_str_in_output, seed=rollout.seed)
+                    include_stop_str_in_output=rollout.include_stop_str_in_output, seed=rollout.seed,
+                    stop_token_ids=renderer.stop_token_ids() if renderer is not None else ())
         return cls(**{**base, **overrides})
 
     def replace(self, **kw) -> "Sampling":

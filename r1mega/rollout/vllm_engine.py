@@ -128,6 +128,7 @@ class VllmEngine(RolloutEngine):
             n=1, max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
             top_k=s.top_k if s.top_k and s.top_k > 0 else 0, stop=list(s.stop) or None,
             include_stop_str_in_output=s.include_stop_str_in_output, seed=seed, logprobs=0,
+            stop_token_ids=list(s.stop_token_ids) or None,
             skip_special_tokens=True, spaces_between_special_tokens=False)
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: Optional[Sampling] = None,
