@@ -42,7 +42,9 @@ class FormatRewardConfig:
     mode: str = doc("strict", "'strict': 1 only for exactly <think>..</think><answer>..</answer> (whole response); "
                               "'partial': mean of 4 checks (think pair, answer pair, order, nothing outside).")
     think_prefilled: bool = doc(False, "The prompt already ends with '<think>' (chat template prefill): prepend it "
-                                       "to the response before checking.")
+                                       "to the response before checking. Derived from data.template by every stage "
+                                       "(r1mega.data.templates.rewards_for_template); true on a template that does "
+                                       "not prefill is an error.")
     require_nonempty: bool = doc(True, "Think and answer blocks must contain non-whitespace text.")
 
     def validate(self, where: str = "rewards.format") -> None:
