@@ -42,13 +42,15 @@ def source_specs(data, role: str = "train") -> list:
     return specs
 
 
-def load_sources(data, resolve_path=None, role: str = "train") -> list:
-    """Read and check every file of the ``role`` sources (no tokenizer, no model): the :class:`LoadedSource`
-    list, [] when none is configured. Training rows in the held-out split (``data.heldout_fraction``, only
-    when no eval file is given) are set aside in ``heldout``."""
+def load_sources(data, resolve_path=None, role: str = "train", kinds=("file", "tasks", "gym")) -> list:
+    """Read and check every file of the ``role`` sources of the given ``kinds`` (no tokenizer, no model): the
+    :class:`LoadedSource` list, [] when none is configured. Training rows in the held-out split
+    (``data.heldout_fraction``, only when no eval file is given) are set aside in ``heldout``."""
     frac = data.heldout_fraction if role == "train" and not has_eval_files(data) else 0.0
     out = []
     for where, s in source_specs(data, role):
+        if s.kind not in kinds:
+            continue
         if s.kind == "tasks":
             out.append(LoadedSource(s))
             continue

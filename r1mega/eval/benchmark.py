@@ -8,6 +8,9 @@
   trained on; graded by running its tests in the rewards' sandbox).
 * ``gym:TASK``: reasoning-gym problems whose question text hashes to the test split with the same
   :func:`split_of` rule (:func:`gym_split_problems`; training on gym tasks should keep ``split="train"``).
+* ``file:NAME`` / ``heldout:NAME`` (not listed in ``eval.benchmarks``: they come from the data config, see
+  :func:`source_problems`): the rows of ``data.eval_sources`` / ``data.eval_paths`` (JSONL, Parquet, HF datasets,
+  with per-source field names, see :mod:`r1mega.data.sources`), or the held-out split of the training files.
 * ``jsonl:PATH``: your own held-out file, rows ``{"prompt", "answer"}`` plus optional ``task_type`` (math,
   mcq, gym, code), ``difficulty``, ``id``, ``lang`` (the question's language, for the language score). Keeping it out of training is up to you.
 
@@ -180,6 +183,31 @@ def jsonl_problems(path: str, n: Optional[int] = None, name: Optional[str] = Non
     return out
 
 
+# ------------------------------------------------------------------------------------ users' data files
+def source_problems(data, resolve_path=None, n: Optional[int] = None) -> list[EvalProblem]:
+    """Eval problems from the run's data config (a :class:`~r1mega.config.data.DataConfig`): each eval source
+    (``data.eval_sources``, ``data.eval_paths``) is benchmark ``file:NAME``; without any, the held-out split
+    (``data.heldout_fraction``) of each file source of ``data.sources`` / ``data.train_paths`` is benchmark
+    ``heldout:NAME``. At most ``n`` problems each (file order; None or 0 = all). [] without file sources."""
+    from r1mega.data.mixture import has_eval_files, load_sources
+
+    if has_eval_files(data):
+        parts = [(f"file:{s.spec.label}", s.rows) for s in load_sources(data, resolve_path, role="eval")]
+    else:
+        parts = []
+        for s in load_sources(data, resolve_path, kinds=("file",)):
+            if not s.heldout:
+                log.warning("eval: no held-out rows in %s (%d rows, heldout_fraction %s)", s.spec.label,
+                            len(s.rows), data.heldout_fraction)
+            parts.append((f"heldout:{s.spec.label}", s.heldout))
+    out = []
+    for bench, rows in parts:
+        for r in rows[:n or None]:
+            out.append(EvalProblem(id=r.id, benchmark=bench, prompt=r.prompt, gold=r.gold, task_type=r.task_type,
+                                   metadata=dict(r.meta)))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- dispatch
 def load_benchmark(name: str, n_problems: int = 50, difficulties: Sequence[int] = (1, 2, 3, 4, 5),
                    seed: int = 0, resolve_path=None) -> list[EvalProblem]:
@@ -209,4 +237,4 @@ def load_benchmarks(cfg, resolve_path=None) -> list[EvalProblem]:
 
 
 __all__ = ["EvalProblem", "check_benchmark_name", "task_problems", "humaneval_problems", "gym_split_problems",
-           "gym_problems", "jsonl_problems", "load_benchmark", "load_benchmarks", "TASK_BENCHMARKS", "ZH_BENCHMARKS"]
+           "gym_problems", "jsonl_problems", "source_problems", "load_benchmark", "load_benchmarks", "TASK_BENCHMARKS", "ZH_BENCHMARKS"]

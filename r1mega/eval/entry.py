@@ -24,6 +24,9 @@ from typing import Optional
 from r1mega.config.base import ConfigError
 
 
+FILE_PROMPT_KINDS = ("grpo", "rejection_sampling", "eval")  # stages whose data.sources / paths are prompt files
+
+
 def _rank0() -> bool:
     try:
         import torch.distributed as dist
@@ -110,13 +113,18 @@ def evaluate(cfg, stage_name: Optional[str] = None, engine=None, tokenizer=None,
     rcfg = cfg.for_stage(stage) if stage is not None else cfg
     ecfg = load_eval_config(rcfg)
     out = output_dir(cfg, stage)
-    ckpt = resolve_checkpoint(cfg, stage, ecfg) if engine is None else None
     say = (lambda msg: print(f"[r1mega] {msg}", flush=True)) if _rank0() else (lambda msg: None)
 
     problems = load_benchmarks(ecfg, resolve_path=cfg.resolve_path)
+    if stage is None or stage.kind in FILE_PROMPT_KINDS:  # users' eval files, or the training files' held-out rows
+        from r1mega.eval.benchmark import source_problems
+
+        problems += source_problems(rcfg.data, cfg.resolve_path, ecfg.n_problems)
     if not problems:
         raise ConfigError("eval.benchmarks", f"no problems in {ecfg.benchmarks} (n_problems={ecfg.n_problems})")
-    say(f"eval {stage.name if stage else ''}: {len(problems)} questions from {', '.join(ecfg.benchmarks)}, "
+    names = list(dict.fromkeys(p.benchmark for p in problems))
+    ckpt = resolve_checkpoint(cfg, stage, ecfg) if engine is None else None
+    say(f"eval {stage.name if stage else ''}: {len(problems)} questions from {', '.join(names)}, "
         f"k={ecfg.k}" + (f", checkpoint {ckpt}" if ckpt else ""))
     if tokenizer is None:
         from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
@@ -149,7 +157,7 @@ def evaluate(cfg, stage_name: Optional[str] = None, engine=None, tokenizer=None,
             engine.shutdown()
     results.stats["wall_seconds"] = time.perf_counter() - t0
     extra = {"stage": stage.name if stage else None, "checkpoint": str(ckpt) if ckpt else None,
-             "benchmarks": list(ecfg.benchmarks), "engine": getattr(engine, "name", type(engine).__name__)}
+             "benchmarks": names, "engine": getattr(engine, "name", type(engine).__name__)}
     path = write_json(results, out / ecfg.output, extra)
     if ecfg.save_samples:
         write_samples(results, out / (Path(ecfg.output).stem + "_samples.jsonl"))

@@ -175,8 +175,9 @@ class EvalRunner:
                  top_k: int = -1, max_new_tokens: int = 256, template: str = "r1_zero",
                  stop: Sequence[str] = ("</answer>",), include_stop_str_in_output: bool = True, seed: int = 1234,
                  pass_ks: Optional[Sequence[int]] = None, rewards_cfg=None, reward_computer=None,
-                 batch_prompts: int = 64, correct_threshold: float = 1.0, log=None):
-        from r1mega.data.templates import PREFILLS_THINK, TEMPLATES
+                 batch_prompts: int = 64, correct_threshold: float = 1.0, log=None, system_prompt=None,
+                 think_prefill: bool = False):
+        from r1mega.data.templates import TEMPLATES
 
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; expected one of {', '.join(sorted(TEMPLATES))}")
@@ -186,12 +187,14 @@ class EvalRunner:
         self.k = k
         self.ks = sorted({1, k, *[int(x) for x in (pass_ks or ()) if int(x) <= k]})
         self.template = template
+        self.render_args = dict(system_prompt=system_prompt, think_prefill=think_prefill)
+        self._renderer = None
         self.sampling_args = dict(n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   top_k=top_k, stop=tuple(stop), include_stop_str_in_output=include_stop_str_in_output,
                                   seed=seed)
         self.batch_prompts = max(1, batch_prompts)
         self.correct_threshold = correct_threshold
-        self.rewards_cfg = eval_rewards_config(rewards_cfg, template in PREFILLS_THINK)
+        self.rewards_cfg = eval_rewards_config(rewards_cfg, self.renderer.prefills_think)
         self._rc = reward_computer
         self._own_rc = reward_computer is None
         self.log = log or (lambda msg: None)
@@ -208,7 +211,8 @@ class EvalRunner:
             template=eval_cfg.template or (data.template if data is not None else "r1_zero"),
             pass_ks=eval_cfg.pass_k, batch_prompts=eval_cfg.batch_prompts,
             correct_threshold=eval_cfg.correct_threshold,
-            rewards_cfg=getattr(run_cfg, "rewards", None))
+            rewards_cfg=getattr(run_cfg, "rewards", None),
+            system_prompt=getattr(data, "system_prompt", None), think_prefill=getattr(data, "think_prefill", False))
         if ro is not None:
             args.update(stop=tuple(ro.stop), include_stop_str_in_output=ro.include_stop_str_in_output)
         seed = eval_cfg.sampling_seed if eval_cfg.sampling_seed is not None else (ro.seed if ro is not None
@@ -244,13 +248,20 @@ class EvalRunner:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def prompt_text(self, problem: EvalProblem) -> str:
-        from r1mega.data.templates import render
+    @property
+    def renderer(self):
+        """The :class:`~r1mega.data.templates.PromptRenderer` of the template (a question or chat messages)."""
+        if self._renderer is None:
+            from r1mega.data.templates import PromptRenderer
 
-        return render(self.template, problem.prompt)
+            self._renderer = PromptRenderer(self.template, self.tokenizer, **self.render_args)
+        return self._renderer
+
+    def prompt_text(self, problem: EvalProblem) -> str:
+        return self.renderer.render(problem.prompt)[0]
 
     def prompt_ids(self, problems: Sequence[EvalProblem]) -> list:
-        return [list(self.tokenizer.encode(self.prompt_text(p))) for p in problems]
+        return [self.renderer.render(p.prompt)[1] for p in problems]
 
     def _count_tokens(self, completion) -> int:
         ids = getattr(completion, "token_ids", None)
