@@ -69,6 +69,8 @@ class GRPOStage:
     def __init__(self, cfg, stage):
         from r1mega.algorithms import GRPOLoss
         from r1mega.data.mixture import load_sources, make_prompts
+        from r1mega.data.templates import renderer_for, rewards_for_template
+        from r1mega.data.tokenizer import load_tokenizer, run_tokenizer_dir
         from r1mega.rewards import RewardComputer
         from r1mega.rollout import Sampling, make_engine
         from r1mega.train.checkpoint import CheckpointManager
@@ -78,9 +80,11 @@ class GRPOStage:
         self.cfg, self.stage = cfg, stage
         # users' prompt files are read and checked before anything starts (a bad row fails in seconds)
         sources = load_sources(cfg.data, cfg.resolve_path)
-        self.rewards = RewardComputer(cfg.rewards).warm_up()  # workers start while the models load
         self.out = Path(cfg.stage_dir(stage))
         self.out.mkdir(parents=True, exist_ok=True)
+        # think_prefilled and the stop ids follow the template (its tokenizer's, for hf_chat)
+        self.renderer = renderer_for(cfg.data, load_tokenizer(run_tokenizer_dir(cfg.data)))
+        self.rewards = RewardComputer(rewards_for_template(cfg.rewards, self.renderer)).warm_up()  # (while models load)
         g = cfg.grpo
         self.G, self.P = g.group_size, g.prompts_per_step
         self.policy = TrainEngine(cfg.model, cfg.parallel, cfg.optimizer, seed=cfg.data.seed, mtp=False,
@@ -104,7 +108,7 @@ class GRPOStage:
                 self.ref_ckpt.load(self.ref, ref_src, load_optimizer=False)
             else:
                 _copy_weights(self.policy, self.ref)
-        self.sampling = Sampling.from_config(cfg.rollout, n=self.G, temperature=g.temperature)
+        self.sampling = Sampling.from_config(cfg.rollout, self.renderer, n=self.G, temperature=g.temperature)
         vllm = cfg.rollout.engine == "vllm"  # (the Megatron engine generates with the policy itself)
         self.rollout = make_engine(cfg, self.policy, **({"load_trainer_weights": True} if vllm else {}))
         # All-scenario RL: a frozen Bradley-Terry reward model scores the general (helpfulness) prompts.

@@ -71,6 +71,7 @@ def select_samples(completions, comps: list, items: list, rc) -> tuple[list, Cou
 def run_stage(cfg, stage_name: str) -> dict:
     from r1mega.data.mixture import load_sources, make_prompts, make_renderer
     from r1mega.data.tasks import generate_nonreasoning
+    from r1mega.data.templates import rewards_for_template
     from r1mega.data.jsonl import write_jsonl
     from r1mega.pipeline.grpo import gather_rewards
     from r1mega.rewards import RewardComputer, RewardSample
@@ -86,18 +87,20 @@ def run_stage(cfg, stage_name: str) -> dict:
     out = Path(cfg.stage_dir(stage))
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer_for(cfg, out)
+    renderer = make_renderer(cfg.data, tok)  # think_prefilled and the stop ids follow the template
+    stage2 = rewards_for_template(dataclasses.replace(cfg.rewards, preset="r1_stage2"), renderer)
     init = resolve_init_checkpoint(cfg, stage.init_from)
     if init is None:
         from r1mega.config.base import ConfigError
 
         raise ConfigError(f"pipeline.stages[{stage.name}].init_from", "rejection sampling needs the RL model to sample from")
     # the readability/correctness rewards of stage 2; the workers start while the model loads and samples
-    with RewardComputer(dataclasses.replace(cfg.rewards, preset="r1_stage2")).warm_up() as computer:
+    with RewardComputer(stage2).warm_up() as computer:
         policy = TrainEngine(cfg.model, cfg.parallel, None, seed=rc.seed, mtp=False)
         CheckpointManager(init.parent).load(policy, init, load_optimizer=False)
         engine = make_engine(cfg, policy, **({"load_trainer_weights": True} if cfg.rollout.engine == "vllm" else {}),
                              max_batch=rc.num_prompts * rc.samples_per_prompt)
-        sampling = Sampling.from_config(cfg.rollout, n=rc.samples_per_prompt, temperature=rc.temperature,
+        sampling = Sampling.from_config(cfg.rollout, renderer, n=rc.samples_per_prompt, temperature=rc.temperature,
                                         top_p=rc.top_p, seed=rc.seed)
         # the first num_prompts of the stream (every rank the same list; the engine splits it over replicas)
         items = make_prompts(cfg.data, tok, sources, seed=rc.seed).batch(0, rc.num_prompts)
