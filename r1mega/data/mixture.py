@@ -150,11 +150,12 @@ def make_renderer(data, tokenizer):
                           think_prefill=getattr(data, "think_prefill", False))
 
 
-def make_prompts(data, tokenizer, loaded: list, seed: int, general: bool = False):
+def make_prompts(data, tokenizer, loaded: list, seed: int, general: bool = False, renderer=None):
     """The prompt stream of a GRPO / rejection-sampling stage: :class:`TaskPrompts` over ``data.tasks`` when
     no source is configured (the draws of (seed, iteration, offset), as before sources existed), else a
-    :class:`PromptMixture` over ``loaded`` (from :func:`load_sources`)."""
-    renderer = make_renderer(data, tokenizer)
+    :class:`PromptMixture` over ``loaded`` (from :func:`load_sources`). ``renderer``: the stage's
+    :class:`~r1mega.data.templates.PromptRenderer` (default :func:`make_renderer`)."""
+    renderer = renderer or make_renderer(data, tokenizer)
 
     def tasks(names):
         return TaskPrompts(tokenizer, names or data.tasks, data.difficulties, data.template, seed=seed,
