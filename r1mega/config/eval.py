@@ -73,10 +73,10 @@ class EvalConfig:
         check_int(self.seed, f"{where}.seed", minimum=0)
         check_int(self.sampling_seed, f"{where}.sampling_seed", minimum=0, allow_none=True)
         if self.template is not None:
-            from r1mega.data.templates import TEMPLATES
+            from r1mega.data.templates import TEMPLATE_NAMES
 
-            check(self.template in TEMPLATES, f"{where}.template",
-                  f"got {self.template!r}, expected one of {', '.join(sorted(TEMPLATES))}")
+            check(self.template in TEMPLATE_NAMES, f"{where}.template",
+                  f"got {self.template!r}, expected one of {', '.join(TEMPLATE_NAMES)}")
         check(isinstance(self.correct_threshold, (int, float)) and 0 < self.correct_threshold <= 1,
               f"{where}.correct_threshold", f"got {self.correct_threshold!r}, expected 0 < value <= 1")
         check_int(self.batch_prompts, f"{where}.batch_prompts")

@@ -115,7 +115,8 @@ def generation_eos_ids(tok, directory=None) -> list[int]:
             return list(eos)
         if eos is not None:
             raise ChatTemplateError(f"{gen}: eos_token_id must be an int or a list of ints, got {eos!r}")
-    return [tok.eos_token_id] if tok.eos_token_id is not None else []
+    eos = getattr(tok, "eos_token_id", None)
+    return [eos] if eos is not None else []
 
 
 def stop_token_ids(tok, chat_template: bool = False, directory=None) -> tuple:

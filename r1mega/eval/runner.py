@@ -177,10 +177,11 @@ class EvalRunner:
                  pass_ks: Optional[Sequence[int]] = None, rewards_cfg=None, reward_computer=None,
                  batch_prompts: int = 64, correct_threshold: float = 1.0, log=None, system_prompt=None,
                  think_prefill: bool = False):
-        from r1mega.data.templates import TEMPLATES
+        from r1mega.config.rewards import RewardsConfig
+        from r1mega.data.templates import TEMPLATE_NAMES, rewards_for_template
 
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown template {template!r}; expected one of {', '.join(sorted(TEMPLATES))}")
+        if template not in TEMPLATE_NAMES:
+            raise ValueError(f"unknown template {template!r}; expected one of {', '.join(TEMPLATE_NAMES)}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.engine, self.tokenizer = engine, tokenizer
@@ -194,7 +195,9 @@ class EvalRunner:
                                   seed=seed)
         self.batch_prompts = max(1, batch_prompts)
         self.correct_threshold = correct_threshold
-        self.rewards_cfg = eval_rewards_config(rewards_cfg, self.renderer.prefills_think)
+        self.rewards_cfg = eval_rewards_config(rewards_for_template(  # think_prefilled derived from the template
+            rewards_cfg if isinstance(rewards_cfg, RewardsConfig) else RewardsConfig(), self.renderer))
+        self.sampling_args["stop_token_ids"] = self.renderer.stop_token_ids()  # EOS / the template's end of turn
         self._rc = reward_computer
         self._own_rc = reward_computer is None
         self.log = log or (lambda msg: None)
