@@ -128,14 +128,13 @@ def _common_row(a) -> dict:
 
 # ====================================================================== r1mega worker
 def r1mega_config(a, work: Path, engine: str, ckpt: str, tokenizer: str) -> dict:
-    rows = a.prompts * a.group
     return {
         "name": f"bench-grpo-{engine}",
         "cpu_threads": a.threads or None,
         "model": checkpoint_model(ckpt),
         "optimizer": {"lr": a.lr, "min_lr": a.lr, "warmup_steps": 0, "decay_style": "constant", "weight_decay": 0.01,
                       "adam_beta1": 0.9, "adam_beta2": 0.95, "clip_grad": 1.0,
-                      "micro_batch_size": a.micro, "global_batch_size": rows},
+                      "micro_batch_size": a.micro},  # (a GRPO step is prompts x group rollouts)
         "data": {"seq_length": 256, "seed": a.seed, "tasks": ["arith", "word"], "difficulties": [1, 2],
                  "template": "r1_zero", "tokenizer_path": tokenizer},
         "rollout": {"engine": engine, "max_new_tokens": a.max_new_tokens, "temperature": 1.0, "stop": [STOP],

@@ -42,7 +42,7 @@ def test_processes_and_trl_threads(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(b.r1mega_config(a, tmp_path, "vllm", str(tmp_path / "ckpt"), str(default_tokenizer_dir()))))
     cfg = load_config(str(path), world_size=2)  # one step over the 64 rollouts = 2 ranks x 2 microbatches of 16
-    assert cfg.optimizer.global_batch_size == 64 and cfg.cpu_threads == 1
+    assert cfg.grpo.rollouts_per_step == 64 and cfg.cpu_threads == 1
 
 
 @pytest.mark.parametrize("argv", [["--engines", "sglang"], ["--micro", "7"], ["--iters", "0"], ["--warmup", "-1"],
@@ -76,7 +76,7 @@ def test_r1mega_config_is_valid(tmp_path):
         cfg = load_config(str(path))
         stage = cfg.for_stage(cfg.select_stage("grpo"))
         assert stage.rollout.engine == engine and stage.grpo.rollouts_per_step == 64
-        assert stage.grpo.updates_per_step == 1 and stage.optimizer.global_batch_size == 64
+        assert stage.grpo.updates_per_step == 1
         assert stage.rollout.max_new_tokens == 96 and stage.grpo.kl_coef == 0.001
         assert stage.cpu_threads is None  # --threads 0: torch's default
     one = load_config_from(b, b.parse_args(["--threads", "1"]), tmp_path)

@@ -84,9 +84,9 @@ def test_train_dispatches_with_validated_config(monkeypatch, tmp_path):
     calls = fake_module(monkeypatch, "r1mega.train.entry")
     monkeypatch.setenv("WORLD_SIZE", "1")
     stages = "pipeline.stages=[{name: pre, kind: pretrain, steps: 2}, {name: sft, kind: sft, steps: 1}]"
-    assert cli.main(["train", stages, "--stage", "sft", "grpo.group_size=4"]) == 0
+    assert cli.main(["train", stages, "--stage", "sft", "optimizer.lr=0.001"]) == 0
     (cfg, args), = calls
-    assert isinstance(cfg, RunConfig) and cfg.grpo.group_size == 4 and args.stage == "sft"
+    assert isinstance(cfg, RunConfig) and cfg.optimizer.lr == 0.001 and args.stage == "sft"
 
 
 def test_train_needs_a_stage_when_there_are_several(monkeypatch, capsys):

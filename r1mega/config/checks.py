@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from .base import ConfigError, check, check_choice
 from .stage import StageConfig, stage_ref
+from .stage_fields import reads
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -33,7 +34,10 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
               f"{cfg.data.tokenizer_vocab_size} tokens do not fit model.vocab_size={cfg.model.vocab_size}; "
               "set model.vocab_size to at least that, or use a smaller built-in tokenizer")
     check_layout(cfg.model, cfg.parallel, cfg.data.seq_length, world_size)
-    check_batch(cfg.optimizer, cfg.parallel, world_size)
+    if stage is None or reads(stage.kind, "optimizer.global_batch_size"):
+        check_batch(cfg.optimizer, cfg.parallel, world_size)
+    if stage is not None and stage.kind == "grpo":
+        check_grpo_batch(cfg.grpo, cfg.parallel, world_size)
     if stage is None or stage.generates:
         check_rollout(cfg, world_size, rl=stage is not None and stage.kind == "grpo")
     if stage is not None and stage.kind == "grpo":
@@ -42,7 +46,7 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
 
 
 def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None:
-    """What Megatron-Core needs of TP/PP/CP/EP given the model shape."""
+    """What Megatron-Core needs of TP/PP/EP given the model shape (CP > 1 is refused by ParallelConfig.validate)."""
     tp, pp, ep = par.tensor_parallel, par.pipeline_parallel, par.expert_parallel
     check(model.num_attention_heads % tp == 0, "parallel.tensor_parallel",
           f"{tp} does not divide model.num_attention_heads={model.num_attention_heads} (each TP rank needs whole heads)")
@@ -81,9 +85,6 @@ def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None
             check(n % vp == 0, "parallel.virtual_pipeline",
                   f"{vp} does not divide parallel.num_layers_in_{name}_pipeline_stage={n} (every virtual stage of the "
                   f"{name} pipeline stage needs the same whole number of layers)")
-    if par.context_parallel > 1:
-        check(seq_length % (2 * par.context_parallel) == 0, "parallel.context_parallel",
-              f"data.seq_length={seq_length} is not divisible by 2*CP={2 * par.context_parallel} (load-balanced CP chunks)")
     if par.sequence_parallel:
         check(seq_length % tp == 0, "parallel.sequence_parallel", f"data.seq_length={seq_length} is not divisible by tensor_parallel={tp}")
     check(seq_length <= model.max_position_embeddings, "data.seq_length",
@@ -91,6 +92,9 @@ def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None
 
 
 def check_batch(opt, par, world_size: Optional[int]) -> None:
+    """optimizer.global_batch_size splits into microbatches (of the kinds that read it: not GRPO)."""
+    check(opt.global_batch_size % opt.micro_batch_size == 0, "optimizer.global_batch_size",
+          f"{opt.global_batch_size} is not a multiple of micro_batch_size={opt.micro_batch_size}")
     if world_size is None:
         return
     dp = par.resolved_dp(world_size)
@@ -103,6 +107,18 @@ def check_batch(opt, par, world_size: Optional[int]) -> None:
               f"{opt.global_batch_size} gives {n} microbatches per step (global_batch_size / (micro_batch_size*DP) = "
               f"{opt.global_batch_size}/{step}); the interleaved schedule (parallel.virtual_pipeline={par.virtual_pipeline}) "
               f"needs a multiple of pipeline_parallel={pp}")
+
+
+def check_grpo_batch(g, par, world_size: Optional[int]) -> None:
+    """A GRPO step's prompts (with their groups) and its minibatches split evenly over the data-parallel ranks."""
+    if world_size is None:
+        return
+    dp = par.resolved_dp(world_size)
+    check(g.prompts_per_step % dp == 0, "grpo.prompts_per_step",
+          f"{g.prompts_per_step} prompts do not split over {dp} data-parallel ranks (each rank trains on whole groups)")
+    if g.minibatch_size is not None:
+        check(g.minibatch_size % dp == 0, "grpo.minibatch_size",
+              f"got {g.minibatch_size}, expected a multiple of the {dp} data-parallel ranks")
 
 
 def check_rollout(cfg, world_size: Optional[int], rl: bool) -> None:

@@ -23,6 +23,7 @@ from .eval import EvalConfig
 from .rollout import RolloutConfig
 from .schema import build, deep_merge, to_dict
 from .stage import StageConfig, stage_ref
+from .stage_fields import check_stage_fields
 
 
 def _section_class(module, name: str) -> type:
@@ -107,6 +108,7 @@ class RunConfig:
         (:meth:`PipelineConfig.stage_world`), or the top level when there are no stages. world_size=None skips
         the world-size checks."""
         self.pipeline.validate()
+        check_stage_fields(self)  # no field set by the user is silently ignored by the stages' kinds
         stages = self.pipeline.stages
         if not stages:
             validate_run(self, world_size)

@@ -143,7 +143,7 @@ CHAIN = """
 name: chain
 model: {{preset: tiny}}
 optimizer: {{micro_batch_size: 4, global_batch_size: 16}}
-data: {{tasks: [arith], seq_length: 128}}
+data: {{seq_length: 128}}
 pipeline:
   run_dir: {run_dir}
   stages:

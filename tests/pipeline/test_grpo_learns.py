@@ -37,7 +37,7 @@ def test_grpo_raises_the_reward(tmp_path):
         "data.difficulties=[1]", "rollout.engine=megatron", "rollout.max_new_tokens=6", "rollout.stop=[]",
         "grpo.group_size=8", "grpo.prompts_per_step=4", "grpo.kl_coef=0.0", "optimizer.lr=1e-2",
         "optimizer.min_lr=1e-2", "optimizer.warmup_steps=0", "optimizer.decay_style=constant",
-        "optimizer.micro_batch_size=16", "optimizer.global_batch_size=32", "logging.tensorboard=false",
+        "optimizer.micro_batch_size=16", "logging.tensorboard=false",
         f"pipeline.run_dir={tmp_path}", "pipeline.stages=[{name: rl, kind: grpo, steps: 12}]"])
     st = cfg.stage("rl")
     try:

@@ -21,7 +21,7 @@ def _config(tmp_path, mode: str):
         "data.difficulties=[1]", "rollout.engine=megatron", "rollout.max_new_tokens=8", "rollout.stop=[]",
         "grpo.group_size=4", "grpo.prompts_per_step=4", "grpo.kl_coef=0.001", f"grpo.old_logprobs={mode}",
         "optimizer.lr=1e-3", "optimizer.min_lr=1e-3", "optimizer.warmup_steps=0", "optimizer.decay_style=constant",
-        "optimizer.micro_batch_size=8", "optimizer.global_batch_size=16", "logging.tensorboard=false",
+        "optimizer.micro_batch_size=8", "logging.tensorboard=false",
         f"pipeline.run_dir={tmp_path / mode}", "pipeline.stages=[{name: rl, kind: grpo, steps: 1}]"])
 
 

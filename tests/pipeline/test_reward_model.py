@@ -104,7 +104,7 @@ def test_pipeline_errors():
         _pipe([rm, no_rm]).validate()
     assert "rewards.reward_model" in str(e.value)
     with pytest.raises(ConfigError, match="checkpoint not found"):
-        _pipe([{**rl, "overrides": {"rewards": {"reward_model": "/nonexistent/ckpt"}}}]).validate()
+        _pipe([rm, {**rl, "overrides": {"rewards": {"reward_model": "/nonexistent/ckpt"}}}]).validate()
 
 
 # ------------------------------------------------------------------ training on the tiny model
@@ -117,7 +117,7 @@ def trained_rm(tmp_path_factory):
     from r1mega.pipeline.reward_model import run_stage
 
     run_dir = tmp_path_factory.mktemp("rm")
-    cfg = _cfg({**PIPE,
+    cfg = _cfg({**{k: v for k, v in PIPE.items() if k != "rollout"},  # (no stage generates)
                 "optimizer": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 3, "weight_decay": 0.0,
                               "micro_batch_size": 8, "global_batch_size": 8},
                 "logging": {"tensorboard": False, "progress_bar": False, "log_interval": 10},

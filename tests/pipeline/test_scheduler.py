@@ -99,7 +99,7 @@ CONFIG = {
     "name": "sched",
     "model": {"preset": "tiny-dense", "num_layers": 1},
     "optimizer": {"lr": 1.0e-3, "warmup_steps": 1, "micro_batch_size": 2, "global_batch_size": 2},
-    "data": {"tasks": ["arith"], "difficulties": [1], "seq_length": 32},
+    "data": {"seq_length": 32},
     "logging": {"tensorboard": False},
     "checkpoint": {"save_interval": 0},
     "cpu_threads": 1,
