@@ -90,8 +90,7 @@ def check_distill_stage(top, resolved, stage, earlier, world_size: Optional[int]
     check(par.pipeline_parallel == 1, "parallel.pipeline_parallel",
           f"got {par.pipeline_parallel}: logit distillation (distill.alpha > 0) runs the teacher inside the "
           "student's loss and supports pipeline_parallel=1 only; use TP/DP, or distill.alpha=0")
-    check(par.context_parallel == 1, "parallel.context_parallel",
-          f"got {par.context_parallel}: logit distillation (distill.alpha > 0) supports context_parallel=1 only")
+    # (context_parallel > 1 is refused for every stage by ParallelConfig.validate, which runs first)
     names = top.pipeline.names()
     name = teacher_stage_name(d.teacher, names)
     ref = stage_ref(d.teacher)

@@ -35,7 +35,10 @@ class GRPOConfig:
     # Advantages
     advantage_mode: str = doc("group-norm", "'group-norm' (R1: (r-mean_g)/(std_g+eps)), 'group-mean' (Dr.GRPO: r-mean_g), 'rloo' (leave-one-out mean baseline), 'batch-norm' ((r-mean_g)/(std over the whole batch+eps)).")
     adv_epsilon: float = doc(1e-6, "Added to the std in the advantage denominator. Groups whose rewards are all equal get advantage exactly 0.")
-    reward_granularity: str = doc("outcome", "'outcome' (one reward per completion) or 'process' (DeepSeekMath per-step rewards -> token-level advantages).")
+    reward_granularity: str = doc("outcome", "'outcome': one reward per completion (the only one the GRPO stage can use). "
+                                             "'process' (DeepSeekMath per-step rewards -> token-level advantages, "
+                                             "r1mega.algorithms.process_advantages) is refused: no reward of the "
+                                             "pipeline scores reasoning steps yet.")
     dynamic_sampling: bool = doc(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts until the batch is full.")
     dynamic_sampling_max_rounds: int = doc(4, "Extra generation rounds dynamic sampling may run before training on a partly filled batch.")
     # Policy loss
@@ -78,6 +81,10 @@ class GRPOConfig:
         check_positive(self.temperature, f"{where}.temperature")
         check_choice(self.advantage_mode, ADVANTAGE_MODES, f"{where}.advantage_mode")
         check_choice(self.reward_granularity, REWARD_GRANULARITIES, f"{where}.reward_granularity")
+        check(self.reward_granularity == "outcome", f"{where}.reward_granularity",
+              f"got {self.reward_granularity!r}, but the GRPO stage has no per-step rewards: its rule rewards and the "
+              "reward model score whole completions, so it always uses outcome advantages; use 'outcome' "
+              "(process supervision exists only as r1mega.algorithms.process_advantages)")
         check_choice(self.loss_agg_mode, LOSS_AGG_MODES, f"{where}.loss_agg_mode")
         check_choice(self.kl_estimator, KL_ESTIMATORS, f"{where}.kl_estimator")
         check_choice(self.old_logprobs, OLD_LOGPROBS, f"{where}.old_logprobs")
