@@ -27,10 +27,11 @@ class StageConfig:
     name: str = doc("", "Stage name: unique in the pipeline, used for its output directory and in 'stage:NAME' references.")
     kind: str = doc("", "What the stage does: pretrain, sft, grpo, rejection_sampling, reward_model, distill or eval.")
     init_from: Optional[str] = doc(None, "Initial weights: an earlier stage's name, a checkpoint directory, or None (random init).")
-    steps: Optional[int] = doc(None, "Optimizer steps (required for training kinds; None = one pass over the data for rejection_sampling/eval).")
+    steps: Optional[int] = doc(None, "Optimizer steps (GRPO: iterations); required for training kinds, an error on "
+                                     "rejection_sampling/eval stages (they train nothing).")
     output_dir: Optional[str] = doc(None, "Where checkpoints, metrics and outputs go (None = <run dir>/<name>).")
-    save_interval: Optional[int] = doc(None, "Checkpoint every N steps (None = checkpoint.save_interval).")
-    keep_last: Optional[int] = doc(None, "Keep the newest N checkpoints (None = checkpoint.keep_last).")
+    save_interval: Optional[int] = doc(None, "Checkpoint every N steps (None = checkpoint.save_interval); training kinds only.")
+    keep_last: Optional[int] = doc(None, "Keep the newest N checkpoints (None = checkpoint.keep_last); training kinds only.")
     after: list = doc([], "With pipeline.max_parallel > 1: earlier stages that must be complete before this one starts, "
                           "besides the ones it reads (e.g. hold a side branch back so it does not compete for the cores).")
     nice: int = doc(0, "With pipeline.max_parallel > 1: the CPU priority of the stage's process (a nice increment, 0-19); "
@@ -40,7 +41,8 @@ class StageConfig:
                             "world size. E.g. pretraining on a 2-core CPU as 2 ranks of 1 thread each (~25% faster than "
                             "1 rank of 2 threads). Ignored where the scheduler does not run the stages: with max_parallel 1 "
                             "(one process) and under torchrun/srun (the launcher's world).")
-    overrides: dict = doc({}, "Config sections changed for this stage only, e.g. {optimizer: {lr: 1e-5}}; a model.preset here starts the model afresh.")
+    overrides: dict = doc({}, "Config sections changed for this stage only, e.g. {optimizer: {lr: 1e-5}}; a model.preset here starts the model afresh. "
+                              "A field the stage's kind does not read is an error (r1mega.config.stage_fields).")
 
     @property
     def is_training(self) -> bool:

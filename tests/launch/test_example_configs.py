@@ -2,8 +2,10 @@
 planner's verdict on the published DeepSeek-V3 layout they use.
 
 Their data, tokenizer and base-checkpoint paths are relative to the directory a job runs in; the
-check runs in a scratch directory holding empty stand-ins for them (the check tests that files
-exist, and those are the user's to provide).
+check runs in a scratch directory holding stand-ins for them (the check tests that files exist, and
+those are the user's to provide): directories, and JSONL files of one row with the fields the stages
+that read them need (SFT: prompt + response; RL, rejection-sampling and eval prompts: prompt + answer).
+Every field an example sets is read by its stages (r1mega.config.stage_fields), or the check fails.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ R1_STAGES = "cold_start_sft (sft), reasoning_rl (grpo), rejection_sampling (reje
             "all_scenario_rl (grpo), eval (eval)"
 
 
+ROW = {"prompt": "What is 2 + 3?", "response": "<think>2 + 3 = 5</think> <answer>5</answer>", "answer": "5"}
+
+
 def r1mega(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "r1mega.cli", *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=120)
@@ -33,7 +38,7 @@ def stand_ins(config: Path, where: Path) -> None:
         target = where / path
         if path.endswith(".jsonl"):
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch()
+            target.write_text(json.dumps(ROW) + "\n")
         else:
             target.mkdir(parents=True, exist_ok=True)
 
@@ -102,3 +107,27 @@ def test_readmes_give_both_launch_commands(readme):
     assert "R1MEGA_SUBCMD=run sbatch" in text and "slurm/train.sbatch" in text and "launch_nemo_run.py" in text
     for config in re.findall(r"examples/[\w./-]+\.yaml", text):
         assert (REPO / config).is_file(), config
+
+
+@pytest.mark.parametrize("name, stages", [
+    ("demo.yaml", "pretrain (pretrain), r1_zero (grpo), pretrain_student (pretrain)"),
+    ("pretrain.yaml", "pretrain (pretrain)")])
+def test_tiny_examples(tmp_path, name, stages):
+    """The tiny CPU configs (built-in tokenizer and tasks: no input files) check for one process; the demo's
+    two-process stages are checked for their own world (scheduler)."""
+    r = r1mega("config", "check", EXAMPLES / "tiny" / name, "--world-size", 1, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"world size 1; stages: {stages}" in r.stdout
+
+
+def test_the_placeholders_are_rows_the_stages_read(tmp_path):
+    """The stand-ins are real data: SFT rows and prompt rows through the loaders the stages use."""
+    from r1mega.data.jsonl import read_jsonl
+    from r1mega.data.sources import SourceSpec, load_rows
+
+    stand_ins(EXAMPLES / "dsv2-lite-1x8h100" / "r1.yaml", tmp_path)
+    sft, = read_jsonl(tmp_path / "data/cold_start.jsonl", required=("prompt", "response"))
+    assert sft["response"].endswith("<answer>5</answer>")
+    rows = load_rows(SourceSpec(path=str(tmp_path / "data/reasoning_prompts.jsonl")), "data.train_paths[0]",
+                     lambda p: p, "r1_zero")
+    assert [(r.gold, r.task_type) for r in rows] == [("5", "math")]
