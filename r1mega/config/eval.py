@@ -23,7 +23,9 @@ class EvalConfig:
                            "What to evaluate: 'arith', 'word' (held-out split of the built-in tasks, per "
                            "difficulty), 'humaneval' (bundled HumanEval, first n_problems), 'gym:TASK' (a "
                            "reasoning-gym task, held-out by question hash), 'jsonl:PATH' (rows with prompt and "
-                           "answer; optional task_type, difficulty, id).")
+                           "answer; optional task_type, difficulty, id). A stage with its own eval data (data.eval_paths / "
+                           "eval_sources, or the held-out rows of its training files) evaluates only those while this "
+                           "is left at its default; name benchmarks here to add them.")
     k: int = doc(16, "Samples per question (pass@1 is their mean correctness, cons@k their majority vote).")
     pass_k: list = doc([], "Extra k values for the unbiased pass@k (k itself and 1 are always reported).")
     n_problems: int = doc(50, "Problems per difficulty for 'arith'/'word'; problems in total for the other "

@@ -115,11 +115,14 @@ def evaluate(cfg, stage_name: Optional[str] = None, engine=None, tokenizer=None,
     out = output_dir(cfg, stage)
     say = (lambda msg: print(f"[r1mega] {msg}", flush=True)) if _rank0() else (lambda msg: None)
 
-    problems = load_benchmarks(ecfg, resolve_path=cfg.resolve_path)
+    files = []
     if stage is None or stage.kind in FILE_PROMPT_KINDS:  # users' eval files, or the training files' held-out rows
         from r1mega.eval.benchmark import source_problems
 
-        problems += source_problems(rcfg.data, cfg.resolve_path, ecfg.n_problems)
+        files = source_problems(rcfg.data, cfg.resolve_path, ecfg.n_problems)
+    # With the user's own eval data, the built-in synthetic benchmarks run only when asked for by name.
+    default = files and ecfg.benchmarks == type(ecfg)().benchmarks
+    problems = ([] if default else load_benchmarks(ecfg, resolve_path=cfg.resolve_path)) + files
     if not problems:
         raise ConfigError("eval.benchmarks", f"no problems in {ecfg.benchmarks} (n_problems={ecfg.n_problems})")
     names = list(dict.fromkeys(p.benchmark for p in problems))
