@@ -12,7 +12,8 @@ pipeline stages:
 * a field in a stage's ``overrides`` that its kind does not read is an error (whatever its value);
 * a top-level field set by the user (its value differs from the default: a config printed by
   ``r1mega config show``, which spells out every default, passes too) that no stage of the pipeline
-  reads is an error;
+  reads is an error, unless a command that works on any stage reads it (:data:`COMMAND_READS`: the eval
+  and rollout sections, data.max_samples) and no stage reads its section;
 * ``steps``, ``save_interval`` and ``keep_last`` on a stage that trains nothing are errors.
 
 The error names the field, the stage and its kind, e.g.
@@ -76,8 +77,10 @@ READS: dict[str, tuple] = {
     "distill": ("distill",),
 }
 
-# Top-level fields that a command other than `r1mega run`/`train` reads from any stage: never unread there.
-COMMAND_READS = {"data.max_samples": "r1mega generate"}
+# Top-level fields that commands working on any stage read (`r1mega eval --stage NAME` evaluates a training
+# stage's checkpoint; `r1mega generate` samples from any stage): allowed where no stage of the pipeline reads
+# that entry at all (the config then sets them for the command), checked as usual where one does.
+COMMAND_READS = {"eval": "r1mega eval", "rollout": "r1mega eval, r1mega generate", "data.max_samples": "r1mega generate"}
 
 # What to use instead, shown with the error.
 HINTS = {
@@ -151,6 +154,17 @@ def _stage_error(st: StageConfig, path: str, how: str) -> ConfigError:
                        f"{path} is set{how} but {st.kind} stages do not read it; {_readers(path, kinds)}")
 
 
+def _left_to_a_command(path: str, stages) -> bool:
+    """``path`` is read by a command that works on any stage (COMMAND_READS) and by no stage of the pipeline
+    through its COMMAND_READS entry (the whole rollout section, say): the config sets it for the command."""
+    parts = path.split(".")
+    key = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in COMMAND_READS), None)
+    if key is None:
+        return False
+    kinds = READS.get(key, ())
+    return not any(st.kind in kinds for st in stages)
+
+
 def check_stage_fields(cfg) -> None:
     """Refuse fields set by the user that the stage kinds of ``cfg``'s pipeline do not read (see the module
     docstring). A config without stages is not checked (it has no stage kind)."""
@@ -171,9 +185,9 @@ def check_stage_fields(cfg) -> None:
             if not reads(st.kind, path):
                 raise _stage_error(st, path, " in its overrides")
     for path in changed_paths(cfg, default):
-        if path.startswith("pipeline.") or path in COMMAND_READS:
+        if path.startswith("pipeline.") or any(reads(st.kind, path) for st in stages):
             continue
-        if any(reads(st.kind, path) for st in stages):
+        if _left_to_a_command(path, stages):
             continue
         if len(stages) == 1:
             raise _stage_error(stages[0], path, "")

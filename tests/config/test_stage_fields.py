@@ -101,9 +101,18 @@ def test_the_default_value_is_not_set(tmp_path):
     assert load_config(str(path)).to_dict() == load_config(DEMO).to_dict()
 
 
-def test_a_command_field_passes_at_the_top_level_only():
-    """data.max_samples is read by `r1mega generate` (any stage), by no stage kind."""
+def test_a_command_field_passes_at_the_top_level_only(tmp_path):
+    """data.max_samples is read by `r1mega generate` (any stage), by no stage kind; `r1mega eval --stage pre`
+    evaluates a training stage with the eval and rollout sections: allowed where no stage reads those sections,
+    checked where one does (an eval stage samples with eval.temperature, never rollout.temperature)."""
     assert load_config(None, [PRE, "data.max_samples=4"]).data.max_samples == 4
+    cfg = load_config(None, [PRE, "eval.k=4", "rollout.engine=megatron", "rollout.temperature=0.6"])
+    assert (cfg.eval.k, cfg.rollout.engine) == (4, "megatron")
+    with_eval = f"pipeline.stages=[{{name: pre, kind: pretrain, steps: 2}}, {{name: ev, kind: eval, init_from: pre}}]"
+    assert error(with_eval, "rollout.temperature=0.6") == (
+        "rollout.temperature: is set but no stage of the pipeline reads it (stages: pre (pretrain), ev (eval)); it "
+        "is read by grpo stages (eval stages sample with eval.temperature, rejection_sampling stages with "
+        "rejection.temperature)")
     assert error("pipeline.stages=[{name: pre, kind: pretrain, steps: 2, overrides: {data: {max_samples: 4}}}]") \
         .startswith("pipeline.stages[pre] (pretrain): data.max_samples is set in its overrides but pretrain stages "
                     "do not read it; nothing in r1mega reads it yet")
