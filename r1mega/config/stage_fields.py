@@ -100,15 +100,17 @@ HINTS = {
 STAGE_TRAINING_FIELDS = ("steps", "save_interval", "keep_last")
 
 
+def _entry(path: str, table: dict) -> Optional[str]:
+    """The most specific key of ``table`` that is ``path`` or one of its parents, else None."""
+    parts = path.split(".")
+    return next((key for key in (".".join(parts[:n]) for n in range(len(parts), 0, -1)) if key in table), None)
+
+
 def kinds_reading(path: str) -> Optional[tuple]:
     """The stage kinds that read the dotted ``path`` (its most specific entry in READS); None when the
     table has no entry for it (a field added without a table entry: treated as read by every kind)."""
-    parts = path.split(".")
-    for n in range(len(parts), 0, -1):
-        kinds = READS.get(".".join(parts[:n]))
-        if kinds is not None:
-            return kinds
-    return None
+    key = _entry(path, READS)
+    return None if key is None else READS[key]
 
 
 def reads(kind: str, path: str) -> bool:
@@ -157,12 +159,8 @@ def _stage_error(st: StageConfig, path: str, how: str) -> ConfigError:
 def _left_to_a_command(path: str, stages) -> bool:
     """``path`` is read by a command that works on any stage (COMMAND_READS) and by no stage of the pipeline
     through its COMMAND_READS entry (the whole rollout section, say): the config sets it for the command."""
-    parts = path.split(".")
-    key = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in COMMAND_READS), None)
-    if key is None:
-        return False
-    kinds = READS.get(key, ())
-    return not any(st.kind in kinds for st in stages)
+    key = _entry(path, COMMAND_READS)
+    return key is not None and not any(st.kind in READS[key] for st in stages)
 
 
 def check_stage_fields(cfg) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from r1mega.config import ConfigError, RunConfig, dump_config, load_config
-from r1mega.config.stage_fields import READS, kinds_reading
+from r1mega.config.stage_fields import COMMAND_READS, READS, kinds_reading
 
 DEMO = str(Path(__file__).resolve().parents[2] / "examples" / "tiny" / "demo.yaml")
 PRE_SFT = "pipeline.stages=[{name: pre, kind: pretrain, steps: 2}, {name: sft, kind: sft, steps: 1}]"
@@ -37,6 +37,7 @@ def test_every_field_has_an_entry_and_every_entry_a_field():
     """A new config field needs a decision here (which kinds read it); a misspelt entry would never match."""
     leaves = [p for p in leaf_paths(RunConfig) if not p.startswith("pipeline.")]
     assert [p for p in leaves if kinds_reading(p) is None] == []
+    assert set(COMMAND_READS) <= set(READS)
     for key in READS:
         obj = RunConfig()
         for part in key.split("."):
