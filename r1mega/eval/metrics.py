@@ -13,6 +13,7 @@ against exact rational arithmetic for n up to 2000).
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable, Optional, Sequence
 
 
@@ -76,3 +77,34 @@ def mean_pass_at_k(pairs: Iterable[tuple], k: int) -> Optional[float]:
 
 
 __all__ = ["pass_at_k", "pass_at_k_exact", "pass_at_1", "mean", "mean_pass_at_k"]
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _as_number(text) -> Optional[float]:
+    try:
+        return float(str(text).strip().replace(",", ""))
+    except ValueError:
+        return None
+
+
+def last_number_correct(text: str, gold) -> Optional[float]:
+    """Generous grading of a question with a numeric gold answer: 1.0 when the *last number anywhere* in the
+    response equals it (tags, format and reasoning ignored), else 0.0; None when the gold is not a plain
+    number. The yardstick for a base model that never uses the answer tags (how a new user first scores it)."""
+    g = _as_number(gold)
+    if g is None:
+        return None
+    found = _NUMBER.findall(text or "")
+    v = _as_number(found[-1]) if found else None
+    return 1.0 if v is not None and abs(v - g) <= 1e-9 * max(1.0, abs(g)) else 0.0
+
+
+def implausible(row: dict) -> Optional[str]:
+    """Why a benchmark row's figures cannot be taken at face value, or None: nothing correct while most
+    samples stopped at the token limit (a limit too low for the model, or an engine serving wrong weights)."""
+    if row.get("pass@1") == 0 and (row.get("truncated_rate") or 0) >= 0.9:
+        return (f"0% correct with {100 * row['truncated_rate']:.0f}% of the samples cut at the max_new_tokens limit: "
+                "raise the limit, or check the model and engine (random text?) before reading these figures")
+    return None

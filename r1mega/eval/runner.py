@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from r1mega.eval.benchmark import EvalProblem
-from r1mega.eval.metrics import mean, pass_at_k
+from r1mega.eval.metrics import implausible, last_number_correct, mean, pass_at_k
 from r1mega.eval.voting import Vote, cluster_many, equivalence_for, vote_from_clusters
 
 EPS = 1e-9
@@ -41,6 +41,7 @@ class SampleResult:
     tokens: int                   # response length in tokens
     finish_reason: str = ""
     status: str = ""              # the reward's accuracy status (ok, no_answer, timeout, ...)
+    loose: Optional[float] = None  # numeric gold: the last number anywhere equals it (metrics.last_number_correct)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,6 +115,11 @@ def aggregate(results: Sequence[ProblemResult], ks: Sequence[int], k: int) -> di
     row["truncated_rate"] = mean(1.0 if s.finish_reason == "length" else 0.0 for s in samples)
     row["no_answer_rate"] = mean(1.0 if s.status == "no_answer" or s.status == "no_code" else 0.0
                                  for s in samples)
+    loose = [s.loose for s in samples if s.loose is not None]
+    row["last_number@1"] = mean(loose) if loose else None
+    warning = implausible(row)
+    if warning:
+        row["warning"] = warning
     return row
 
 
@@ -319,7 +325,9 @@ class EvalRunner:
                 samples.append(SampleResult(text=c.text, answer=answer, score=acc,
                                             correct=acc >= self.correct_threshold - EPS, format=fmt, tokens=tokens,
                                             finish_reason=str(getattr(c, "finish_reason", "") or ""),
-                                            status=str(status)))
+                                            status=str(status),
+                                            loose=last_number_correct(c.text, p.gold) if p.task_type == "math"
+                                            else None))
                 pos += 1
             results.append(ProblemResult(p, samples))
         equiv_stats = self._vote(results)

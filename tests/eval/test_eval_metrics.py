@@ -85,3 +85,26 @@ def test_pass_at_1_and_means():
     assert mean([None]) is None
     assert mean_pass_at_k([(5, 2), (10, 0), (3, 3)], 2) == pytest.approx((0.7 + 0 + 1) / 3)
     assert mean_pass_at_k([], 2) is None
+
+
+def test_last_number_correct_is_generous_and_format_blind():
+    from r1mega.eval.metrics import last_number_correct
+
+    assert last_number_correct("14 + 13 = 27", "27") == 1.0
+    assert last_number_correct("The answer is 27.", "27") == 1.0
+    assert last_number_correct("27 is wrong, it is 26", "27") == 0.0  # the last number counts
+    assert last_number_correct("<answer>1,000</answer>", "1000") == 1.0
+    assert last_number_correct("no digits here", "5") == 0.0
+    assert last_number_correct("x = 0.5", "0.50") == 1.0
+    assert last_number_correct("anything", "\\frac{1}{2}") is None  # not a plain number: not graded
+
+
+def test_zero_with_every_sample_at_the_limit_is_flagged():
+    from r1mega.eval.metrics import implausible
+    from r1mega.eval.report import format_table
+
+    row = {"n": 4, "pass@1": 0.0, "cons@2": 0.0, "truncated_rate": 1.0, "format_rate": 0.0, "mean_tokens": 16.0}
+    assert "100% of the samples cut at the max_new_tokens limit" in implausible(row)
+    assert implausible({**row, "truncated_rate": 0.5}) is None and implausible({**row, "pass@1": 0.25}) is None
+    text = format_table({"file:x": {**row, "warning": implausible(row), "last_number@1": 0.25}}, 2, [1, 2])
+    assert "WARNING file:x: 0% correct" in text and "last number" in text.splitlines()[0] and "25.0" in text

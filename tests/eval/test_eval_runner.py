@@ -141,10 +141,11 @@ def test_printed_table(results):
     text = results_table(results)
     lines = text.splitlines()
     assert lines[0].startswith("eval: k=4 samples/question, temperature 0.6, top-p 0.95")
-    assert lines[1].split() == ["benchmark", "n", "pass@1", "pass@2", "pass@4", "cons@4", "mean", "len", "format"]
+    assert lines[1].split() == ["benchmark", "n", "pass@1", "pass@2", "pass@4", "cons@4", "mean", "len", "format",
+                                "last", "number"]
     rows = {ln.split()[0]: ln.split()[1:] for ln in lines[3:]}
     assert rows["bench-a"][:5] == ["3", "41.7", "72.2", "100.0", "66.7"]
-    assert rows["bench-a"][-1] == "83.3"
+    assert rows["bench-a"][-2] == "83.3"
     assert rows["bench-b"][:5] == ["2", "25.0", "41.7", "50.0", "0.0"]
     assert rows["all"][0] == "5" and rows["all"][4] == "40.0"
     assert lines[4].startswith("  bench-a/d1")                  # difficulty rows are indented under their benchmark
