@@ -42,6 +42,12 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
         check_rollout(cfg, world_size, rl=stage is not None and stage.kind == "grpo")
     if stage is not None and stage.kind == "grpo":
         check_model_reward(cfg, stage, earlier)
+    if stage is not None and stage.kind == "reward_model":
+        from r1mega.data.templates import TEMPLATES
+
+        check(cfg.data.template in TEMPLATES, "data.template",
+              f"{cfg.data.template!r}: a reward_model stage writes its synthetic preference pairs in a built-in "
+              f"template ({', '.join(sorted(TEMPLATES))}); the tokenizer's chat template is not supported there yet")
     check_files(cfg, stage, earlier)
 
 

@@ -58,7 +58,7 @@ READS: dict[str, tuple] = {
     "data.max_samples": NONE,  # only `r1mega generate` (see COMMAND_READS)
     "rollout": GENERATING,
     "rollout.temperature": ("grpo",), "rollout.top_p": ("grpo",), "rollout.top_k": ("grpo", "rejection_sampling"),
-    "rollout.mismatch_threshold": ("grpo",),
+    "rollout.mismatch_threshold": GENERATING,  # grpo's before-update check; every vLLM refit's probe check
     "grpo": ("grpo",),
     "rewards.preset": ("grpo",),  # rejection sampling scores with r1_stage2, eval with accuracy + format
     "rewards.weights": ("grpo", "rejection_sampling"),

@@ -334,7 +334,8 @@ class EvalRunner:
         stats = {"score_seconds": time.perf_counter() - t0, **(out.metrics if out is not None else {}),
                  **{f"vote/{k}": v for k, v in equiv_stats.items()}}
         settings = {**{k: v for k, v in self.sampling_args.items() if k != "n"}, "k": self.k, "ks": self.ks,
-                    "template": self.template, "correct_threshold": self.correct_threshold,
+                    "template": self.template, "think_prefilled": self.renderer.prefills_think,
+                    "correct_threshold": self.correct_threshold,
                     "stop": list(self.sampling_args["stop"])}
         return EvalResults(results, self.k, self.ks, settings, stats)
 

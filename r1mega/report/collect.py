@@ -138,11 +138,13 @@ def overall_row(summary: dict) -> Optional[dict]:
     return tops[0] if len(tops) == 1 else None
 
 
-def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=None) -> tuple[Optional[float], dict]:
+def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=None,
+                    think_prefilled: Optional[bool] = None) -> tuple[Optional[float], dict]:
     """Mean language-consistency reward (R1 stage 2) of the eval samples' chains of thought, computed here
     (eval grading leaves the language reward out), over all samples and per benchmark: ``(overall,
     {benchmark: mean})``; ``(None, {})`` without samples. With target 'prompt' each sample is scored against
-    its question's language (the row's ``lang``)."""
+    its question's language (the row's ``lang``). ``think_prefilled``: as the eval's renderer derived it (eval.json
+    settings; None for older files: from the built-in template's name)."""
     if not samples_path.exists():
         return None, {}
     from r1mega.config.rewards import LanguageRewardConfig
@@ -150,7 +152,7 @@ def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=Non
     from r1mega.rewards.language import for_prompt, language_consistency
 
     lcfg = getattr(rewards_cfg, "language", None) or LanguageRewardConfig()
-    prefilled = template in PREFILLS_THINK
+    prefilled = template in PREFILLS_THINK if think_prefilled is None else think_prefilled
     sums: dict = {}
     with open(samples_path, encoding="utf-8") as f:
         for line in f:
@@ -183,7 +185,9 @@ def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> di
     source = "eval.json" if lang is not None else None
     by_bench: dict = {}
     if lang is None and samples_path is not None:
-        lang, by_bench = language_scores(samples_path, (data.get("settings") or {}).get("template"), rewards_cfg)
+        settings = data.get("settings") or {}
+        lang, by_bench = language_scores(samples_path, settings.get("template"), rewards_cfg,
+                                         settings.get("think_prefilled"))
         source = samples_path.name if lang is not None else None
     overall["language"] = lang
     benchmarks = {name: r.get("pass@1") for name, r in summary.items()

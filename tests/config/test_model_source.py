@@ -94,3 +94,8 @@ def test_model_from_an_hf_config(tmp_path):
         load_config(None, [f"model.hf_config={tmp_path / 'bad'}"])
     with pytest.raises(ConfigError, match=r"^model\.hf_config: .*nope.*no such config\.json"):
         load_config(None, [f"model.hf_config={tmp_path / 'nope'}"])
+
+
+def test_reward_model_stage_refuses_hf_chat():
+    with pytest.raises(ConfigError, match=r"data\.template: 'hf_chat': a reward_model stage writes its synthetic"):
+        load_config(None, ["data.template=hf_chat", "pipeline.stages=[{name: rm, kind: reward_model, steps: 2}]"])
