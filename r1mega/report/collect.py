@@ -181,6 +181,7 @@ def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> di
     overall = {k: v for k, v in row.items() if k == "n" or k.startswith(("pass@", "cons@"))}
     overall["format"] = row.get("format_rate")
     overall["mean_tokens"] = row.get("mean_tokens")
+    overall["last_number"] = row.get("last_number@1")
     lang = row.get("language_rate", row.get("language"))
     source = "eval.json" if lang is not None else None
     by_bench: dict = {}
@@ -193,8 +194,28 @@ def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> di
     benchmarks = {name: r.get("pass@1") for name, r in summary.items()
                   if isinstance(r, dict) and r.get("difficulty") is None and name != "all"}
     return {"settings": data.get("settings") or {}, "overall": overall, "benchmarks": benchmarks,
-            "benchmark_language": by_bench, "language_source": source,
+            "benchmark_language": by_bench, "language_source": source, "examples": example_samples(samples_path),
             "wall_seconds": (data.get("stats") or {}).get("wall_seconds")}
+
+
+def example_samples(samples_path: Optional[Path], n: int = 3) -> list:
+    """The first sample of the first ``n`` questions of an eval (``[{id, text, correct, format}]``)."""
+    out, seen = [], set()
+    if samples_path is None or not samples_path.exists():
+        return out
+    with open(samples_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("id") in seen or not isinstance(row.get("text"), str):
+                continue
+            seen.add(row.get("id"))
+            out.append({k: row.get(k) for k in ("id", "text", "correct", "format")})
+            if len(out) == n:
+                break
+    return out
 
 
 # ---- learning targets --------------------------------------------------------------------------
@@ -209,9 +230,13 @@ def _missing(roles: dict, evals: dict, *need: str) -> Optional[str]:
     return f"no eval results for {', '.join(gone)}" if gone else None
 
 
-def learning_checks(evals: dict, roles: dict) -> list[dict]:
-    """The issue's learning targets: [{name, status PASS|FAIL|N/A, detail, values}]."""
+def learning_checks(evals: dict, roles: dict, present: Optional[set] = None) -> list[dict]:
+    """The R1 recipe's learning targets: [{name, status PASS|FAIL|N/A, detail, values}]; with ``present`` (the
+    pipeline's stage names) only the targets for which the pipeline has at least one of the stages compared
+    (another pipeline, e.g. GRPO of an imported model, gets none)."""
     checks = []
+    needs = {"R1-Zero pass@1": ("base", "r1_zero"), "R1 pass@1": ("r1_zero", "r1"),
+             "distilled student": ("student", "student_base")}
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
 
     name = "R1-Zero pass@1 >= base pass@1 + 20 points"
@@ -257,6 +282,11 @@ def learning_checks(evals: dict, roles: dict) -> list[dict]:
         checks.append({"name": name, "status": "PASS" if s > sb + 1e-12 else "FAIL",
                        "detail": f"distilled {pct(s)} vs base-sample student {pct(sb)} ({100 * (s - sb):+.1f} points)",
                        "values": {"student": s, "student_base": sb}})
+    if present is not None:
+        keep = [any(roles.get(r) in present for r in roles_) for roles_ in needs.values()]
+        if not any(keep[1:]) and not (keep[0] and roles.get("r1_zero") in present):
+            return []  # not an R1 pipeline: its only shared role would be 'base'
+        checks = [c for c, k in zip(checks, keep) if k]
     return checks
 
 
@@ -294,8 +324,10 @@ def collect(run_dir, cfg=None) -> dict:
     return {"version": FORMAT_VERSION, "name": getattr(cfg, "name", None) or run_dir.name,
             "run_dir": str(run_dir), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "stages": stages, "total_seconds": sum(done) if done else None,
-            "roles": roles, "evals": evals, "grpo": grpo, "checks": learning_checks(evals, roles)}
+            "pipeline": cfg.pipeline.names() if cfg is not None else None,
+            "roles": roles, "evals": evals, "grpo": grpo,
+            "checks": learning_checks(evals, roles, {s["name"] for s in stages} if cfg is not None else None)}
 
 
-__all__ = ["collect", "read_metrics", "grpo_summary", "overall_row", "eval_entry", "learning_checks",
+__all__ = ["collect", "example_samples", "read_metrics", "grpo_summary", "overall_row", "eval_entry", "learning_checks",
            "language_scores", "ROLE_LABELS", "CURVES", "FORMAT_VERSION"]

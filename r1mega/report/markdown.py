@@ -48,8 +48,11 @@ def _k(key: str) -> int:
 def eval_order(data: dict) -> list[tuple[str, str]]:
     """[(label, stage name)]: the roles in order (also those not run), then the other eval stages."""
     roles, out = data["roles"], []
+    in_run = set(data["evals"]) | set(data.get("pipeline") or ())
+    # the R1 recipe's roles (all of them, run or not), or -- another pipeline -- only the roles it has
+    r1 = data.get("pipeline") is None or any(roles.get(r) in in_run for r in ROLE_LABELS if r != "base")
     for role, label in ROLE_LABELS.items():
-        if roles.get(role):
+        if roles.get(role) and (r1 or roles[role] in in_run):
             out.append((label, roles[role]))
     named = {s for _, s in out}
     out += [("-", name) for name in data["evals"] if name not in named]
@@ -90,10 +93,15 @@ def render(data: dict, plots: dict) -> str:
         L += [f"k = {st.get('k')} samples per question, temperature {st.get('temperature')}, top-p {st.get('top_p')}, "
               f"at most {st.get('max_new_tokens')} new tokens, template {st.get('template')}. pass@1 and cons@k over "
               "all benchmarks; format: mean format reward; language: mean language-consistency reward of the "
-              "chain of thought.", ""]
+              "chain of thought" + ("; last number: the last number anywhere in the reply equals the answer (format "
+                                    "ignored: how a base model that never uses the tags is scored generously)"
+                                    if any(e["overall"].get("last_number") is not None for e in evals.values())
+                                    else "") + ".", ""]
     keys = sorted({k for e in evals.values() for k in e["overall"] if k.startswith("pass@") and k != "pass@1"}, key=_k)
     cons = sorted({k for e in evals.values() for k in e["overall"] if k.startswith("cons@")}, key=_k)
-    header = ["model", "stage", "n", "pass@1", *keys, *cons, "format", "language", "mean len"]
+    loose = any(e["overall"].get("last_number") is not None for e in evals.values())
+    header = ["model", "stage", "n", "pass@1", *keys, *cons, "format", "language", "mean len"] + \
+        (["last number"] if loose else [])
     rows = []
     order = eval_order(data)
     for label, name in order:
@@ -104,7 +112,7 @@ def render(data: dict, plots: dict) -> str:
         o = e["overall"]
         rows.append([label, name, o.get("n", "-"), pct(o.get("pass@1")), *[pct(o.get(k)) for k in keys],
                      *[pct(o.get(k)) for k in cons], pct(o.get("format")), pct(o.get("language")),
-                     num(o.get("mean_tokens"))])
+                     num(o.get("mean_tokens"))] + ([pct(o.get("last_number"))] if loose else []))
     if evals or order:
         L += _table(header, rows, right_from=2) + [""]
     benches = list(dict.fromkeys(b for e in evals.values() for b in e["benchmarks"]))
@@ -121,11 +129,24 @@ def render(data: dict, plots: dict) -> str:
                         [[b] + [pct((evals[name].get("benchmark_language") or {}).get(b)) for _, name in shown]
                          for b in benches]) + [""]
 
+    # a few responses of each evaluated model
+    shown = [(label, name) for label, name in order if evals.get(name, {}).get("examples")]
+    if shown:
+        L += ["## Sample responses", "", "The first sample of the first questions of each evaluation.", ""]
+        for label, name in shown:
+            L += [f"### {name}" + (f" ({label})" if label != "-" else ""), ""]
+            for ex in evals[name]["examples"]:
+                verdict = "correct" if ex.get("correct") else "wrong"
+                fmt = ex.get("format")
+                L += [f"`{ex.get('id')}` ({verdict}, format {num(100 * fmt, 0) if fmt is not None else '-'}):", "",
+                      "```", (ex.get("text") or "").strip()[:600], "```", ""]
+
     # checks
-    L += ["## Learning targets", ""]
-    for c in data["checks"]:
-        L.append(f"- **{c['status']}** {c['name']}: {c['detail']}")
-    L += [""]
+    if data["checks"]:
+        L += ["## Learning targets", ""]
+        for c in data["checks"]:
+            L.append(f"- **{c['status']}** {c['name']}: {c['detail']}")
+        L += [""]
 
     # GRPO
     L += ["## GRPO training curves", ""]

@@ -291,3 +291,28 @@ def test_the_report_shows_language_per_benchmark(tmp_path):
     assert ("Language consistency per benchmark (share of the chain of thought in the language the question was "
             "asked in; `_zh`: the same problems asked in Chinese):") in md
     assert "| arith | 50.0 | 50.0 |" in md and "| arith_zh | 0.0 | 50.0 |" in md
+
+
+def test_a_user_pipeline_gets_base_vs_trained_and_samples(tmp_path):
+    """GRPO of an imported model (eval_base, grpo, eval_grpo): no R1 roles or targets that cannot apply, the
+    generous last-number column, and a few sample responses of each evaluated model."""
+    from r1mega.config import load_config
+
+    run_dir = tmp_path / "r"
+    cfg = load_config(None, [f"pipeline.run_dir={run_dir}", "pipeline.stages=[{name: eval_base, kind: eval}, "
+                             "{name: grpo, kind: grpo, steps: 2}, {name: eval_grpo, kind: eval, init_from: grpo}]"])
+    for name, p1, loose, text in (("eval_base", 0.0, 0.3, "14 + 13 = 27"), ("eval_grpo", 0.5, 0.6,
+                                                                           "<think> 14+13=27 </think> <answer>27</answer>")):
+        d = run_dir / name
+        _manifest(d, stage=name, kind="eval", status="complete")
+        summary = {"file:heldout": {"n": 2, "difficulty": None, "pass@1": p1, "cons@2": p1, "format_rate": p1,
+                                    "mean_tokens": 10.0, "last_number@1": loose}}
+        (d / "eval.json").write_text(json.dumps({"summary": summary, "settings": {"k": 2, "template": "hf_chat"}}))
+        (d / "eval_samples.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "benchmark": "file:heldout",
+                                                                  "text": text, "correct": p1 > 0, "format": p1}) + "\n"
+                                                      for i in range(2)))
+    md = write_report(run_dir, cfg).read_text()
+    assert "R1-Zero" not in md and "Learning targets" not in md and "not in pipeline" not in md
+    assert "| base | eval_base | 2 | 0.0 | 0.0 | 0.0 |" in md and "| 30.0 |" in md.split("eval_base")[2]
+    assert "| - | eval_grpo | 2 | 50.0 |" in md and "last number" in md
+    assert "### eval_grpo" in md and "<answer>27</answer>" in md and "`q1` (correct, format 50)" in md
