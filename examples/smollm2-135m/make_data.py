@@ -1,0 +1,42 @@
+"""The prompt files of the SmolLM2 example: every two-operand addition a + b with 0 <= a, b <= 20 (441), split by
+a seeded shuffle into training prompts and held-out prompts (disjoint pairs), as JSONL rows
+{"id", "prompt", "answer", "task_type": "math"} -- the format any user file has (docs/data.md). Each question
+carries the answer-format instruction (as many public RL prompt sets do: "... within \\boxed{}"); a
+135M model follows it far more often in the user turn than in the system prompt.
+
+    python examples/smollm2-135m/make_data.py OUT_DIR [--heldout 96] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+
+INSTRUCTION = "Think inside <think> </think>, then write the final number inside <answer> </answer>."
+
+
+def rows(seed: int = 0, instruction: str = INSTRUCTION) -> list:
+    pairs = [(a, b) for a in range(21) for b in range(21)]
+    random.Random(seed).shuffle(pairs)
+    return [{"id": f"add-{a}-{b}", "prompt": f"What is {a} + {b}? {instruction}".strip(), "answer": str(a + b),
+             "task_type": "math"} for a, b in pairs]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--heldout", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--instruction", default=INSTRUCTION, help="text after each question ('' for none)")
+    args = ap.parse_args(argv)
+    all_rows = rows(args.seed, args.instruction)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("heldout", all_rows[:args.heldout]), ("train", all_rows[args.heldout:])):
+        (args.out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        print(f"{args.out / name}.jsonl: {len(part)} prompts")
+
+
+if __name__ == "__main__":
+    main()
