@@ -175,15 +175,9 @@ def select_backend(requested: str, python: str, uid: int) -> str:
 def run_python(inner_args: list[str], stdin: bytes, *, python: str, backend: str, uid: int, wall_timeout_s: float,
                max_output_bytes: int) -> SandboxResult:
     """Run ``python *inner_args`` in the sandbox with ``stdin``; read at most ``max_output_bytes`` of output."""
-    if backend == "bwrap":
-        argv, drop = bwrap_argv(python, inner_args), True
-    else:
-        argv, drop = fallback_argv(python, inner_args, uid)
     t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=_ENV, cwd="/", start_new_session=True, close_fds=True,
-                                **(_drop_uid(uid) if drop else {}))
+        proc = start_python(inner_args, python=python, backend=backend, uid=uid)
     except Exception as e:
         return SandboxResult("error", None, b"", 0.0, backend, f"could not start: {type(e).__name__}: {e}")
     out = bytearray()
@@ -222,22 +216,43 @@ def run_python(inner_args: list[str], stdin: bytes, *, python: str, backend: str
                     del out[max_output_bytes:]
                     break
     finally:
-        _kill_group(proc)  # also reaps leftovers of a finished run (fallback backend: same process group)
+        if not stop_python(proc) and status == "ok":
+            status = "timeout"
+    return SandboxResult(status, proc.returncode, bytes(out), time.monotonic() - t0, backend)
+
+
+def start_python(inner_args: list[str], *, python: str, backend: str, uid: int) -> subprocess.Popen:
+    """Start ``python *inner_args`` in the sandbox with stdin/stdout pipes (stderr joins stdout), in its own
+    session; the caller talks to it and must end it with :func:`stop_python`. Raises if it cannot start."""
+    if backend == "bwrap":
+        argv, drop = bwrap_argv(python, inner_args), True
+    else:
+        argv, drop = fallback_argv(python, inner_args, uid)
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=_ENV, cwd="/", start_new_session=True, close_fds=True,
+                            **(_drop_uid(uid) if drop else {}))
+
+
+def stop_python(proc: subprocess.Popen) -> bool:
+    """Kill the run's process group (also leftovers of a finished run), reap it, close its pipes; False if it
+    would not die within 5 s of the kill."""
+    _kill_group(proc)
+    died = True
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.wait(5)
+        died = False
+    for f in (proc.stdout, proc.stdin):
         try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()) if status == "ok" else 5)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.wait(5)
-            status = "timeout" if status == "ok" else status
-        for f in (proc.stdout, proc.stdin):
-            try:
-                if f and not f.closed:
-                    f.close()
-            except OSError:
-                pass
+            if f and not f.closed:
+                f.close()
+        except OSError:
+            pass
     if os.environ.get("R1MEGA_REWARD_WORKER"):
         _reap()
-    return SandboxResult(status, proc.returncode, bytes(out), time.monotonic() - t0, backend)
+    return died
 
 
 def _reap() -> None:
@@ -262,4 +277,4 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-__all__ = ["SandboxResult", "run_python", "select_backend", "resolve_python", "bwrap_works", "bwrap_argv"]
+__all__ = ["SandboxResult", "run_python", "start_python", "stop_python", "select_backend", "resolve_python", "bwrap_works", "bwrap_argv"]

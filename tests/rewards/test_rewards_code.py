@@ -7,7 +7,7 @@ import pytest
 
 from r1mega.config.rewards import CodeRewardConfig, RewardsConfig
 from r1mega.rewards import RewardSample
-from r1mega.rewards.code import build_payload, parse_verdicts, split_check
+from r1mega.rewards.code import build_payload, io_verdicts, split_check
 from r1mega.rewards.humaneval import canonical_response, humaneval_spec, load_humaneval
 
 CFG = RewardsConfig(preset="accuracy_only", code=CodeRewardConfig(backend="bwrap", wall_timeout_s=15.0))
@@ -32,10 +32,12 @@ def test_all_164_problems_split_and_count():
     assert min(counts) >= 1 and sum(counts) > 700
 
 
-def test_verdict_parsing_ignores_forgeries():
-    out = b"0 pass\nTOK 0 pass\nxTOK 1 pass\nTOK 1 fail\nTOK 1 pass\nTOK done\n"
-    passed, failed, done = parse_verdicts(out, "TOK")
-    assert passed == {0} and failed == {1} and done
+def test_io_verdicts_compare_outside_first_record_counts():
+    out = (b'0 pass\nTOK out 0 {"exit": 0, "out": "6\\n"}\nxTOK out 1 {"exit": 0, "out": "20"}\n'
+           b'TOK out 1 {"exit": 1, "out": "20"}\nTOK out 1 {"exit": 0, "out": "20"}\nTOK out 2 garbage\nTOK done\n')
+    passed, done = io_verdicts(out, "TOK", ["6", "20", "3"])
+    assert passed == {0} and done          # case 1: its first record says exit 1; case 2: not JSON
+    assert io_verdicts(out, "TOK", ["7", "20", "3"])[0] == set()
 
 
 def test_humaneval_canonical_solutions_all_score_one(computer, bwrap_ok):
