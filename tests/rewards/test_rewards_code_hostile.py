@@ -136,3 +136,77 @@ def test_hostile_program_gains_nothing(bwrap_ok, name):
     code = HOSTILE[name]
     assert _run(code, MBPP) <= 1 / 3 + 1e-9, name
     assert _run(code, HUMANEVAL) == 0.0, name
+
+
+IO = {"io": [{"input": "2 3\n", "output": "5\n"}, {"input": "-1 4\n", "output": "3\n"}]}
+IO_HOSTILE = {
+    # the io harness used to keep the expected outputs (and its verdict token) in the memory the program forks from
+    "expected_from_memory": """
+        import __main__, sys
+        line = sys.stdin.read()
+        cases = getattr(__main__, "_payload", {}).get("io", [])
+        print(next((c.get("output", "") for c in cases if c["input"] == line), "0"))
+    """,
+    "forged_verdicts": """
+        import __main__, os
+        tok = getattr(__main__, "_token", "")
+        os.write(2, ("\\n" + "\\n".join("%s %d pass" % (tok, i) for i in range(5)) + "\\n").encode())
+        # a forged output record is only a claim of what it printed: worth what printing it is worth (here 7)
+        os.write(2, ("\\n%s out 0 {\\"exit\\": 0, \\"out\\": \\"7\\"}\\n" % tok).encode())
+        os.kill(os.getppid(), 9)
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(IO_HOSTILE))
+def test_io_hostile_program_gains_nothing(bwrap_ok, name):
+    assert _run("a, b = map(int, input().split())\nprint(a + b)\n", IO) == 1.0
+    assert _run(IO_HOSTILE[name], IO) == 0.0
+
+
+def test_prompt_helpers_come_from_the_task_not_the_answer(bwrap_ok):
+    """HumanEval/32 checks find_zero(xs) with the prompt's poly(); an answer redefining poly gains nothing."""
+    from r1mega.rewards.humaneval import humaneval_spec, load_humaneval
+
+    spec = humaneval_spec(load_humaneval()[32])
+    cheat = "def poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n"
+    assert _run(cheat, spec) == 0.0
+
+
+def test_forged_replies_are_only_values(bwrap_ok):
+    """A program that writes reply lines for every call id before being asked: they count as the values it
+    returned (first reply per call), here True and 'pass', which equal nothing the tests expect."""
+    forge = """
+        import __main__, os
+        tok = getattr(__main__, "_token", "")
+        for rid in range(1, 30):
+            os.write(1, ('\\n%s %d ok ["b",true]\\n%s %d ok ["s","pass"]\\n' % (tok, rid, tok, rid)).encode())
+        def add(a, b):
+            return 0
+    """
+    assert _run(forge, MBPP) == 0.0          # even add(-1, 1) == 0 fails: the forged True came first
+    assert _run(forge, HUMANEVAL) == 0.0
+
+
+@pytest.mark.parametrize("ret, test, expected", [
+    ("True", "assert f(0) == 1", 0.0),                  # a bool is not an int ...
+    ("True", "assert f(0) is True", 1.0),
+    ("[1, True]", "assert f(0) == [1, 1]", 0.0),        # ... not inside containers either
+    ("{True: 'a'}", "assert f(0) == {1: 'a'}", 0.0),
+    ("(1, 2)", "assert f(0) == [1, 2]", 0.0),           # a tuple is not a list (as in Python)
+    ("5.0", "assert f(0) == 5", 1.0),                   # int vs float: Python's ==
+    ("True", "assert f(0) in [1, 2]", 0.0),
+    ("True", "assert f(0) != 1", 1.0),
+    ("x for x in [1]", "assert list(f(0)) == [1]", 0.0),  # a generator is not plain data
+    ("{'a': [1, {2}]}", "assert f(0) == {'a': [1, {2}]}", 1.0),
+])
+def test_strict_type_rules(bwrap_ok, ret, test, expected):
+    assert _run(f"def f(x):\n    return ({ret})\n", {"tests": [test]}) == expected
+
+
+def test_candidate_exceptions_reach_the_tests_by_name(bwrap_ok):
+    spec = {"tests": ["try:\n    f(-1)\nexcept ValueError:\n    pass\nelse:\n    assert False", "assert f(4) == 2"]}
+    good = "def f(x):\n    if x < 0:\n        raise ValueError(x)\n    return int(x ** 0.5)\n"
+    assert _run(good, spec) == 1.0
+    assert _run("def f(x):\n    raise TypeError(x)\n", spec) == 0.0
+    assert _run("import os\ndef f(x):\n    os._exit(0)\n", spec) == 0.0   # no reply: not catchable as ValueError
