@@ -14,6 +14,11 @@ reward = passed test cases / test cases. A task's tests (``gold`` / metadata of 
 Optional ``"prefix"``: trusted code put before the program (e.g. the imports of a HumanEval prompt).
 If the program does not define ``entry_point`` but the spec has a ``"prompt"`` (a function header to
 complete), the program is taken as the body: ``prompt + code``.
+
+Assert-style tests run in a judge sandbox, apart from the program (:mod:`r1mega.rewards.relay`): the program's
+functions are called through a relay and their return values come back as plain data
+(:mod:`r1mega.rewards.plain`), compared by the test code with strict ``==`` (:func:`strict_source`). io cases
+send the program's stdout back and are compared here (:func:`io_verdicts`). See docs/rewards.md.
 """
 from __future__ import annotations
 
