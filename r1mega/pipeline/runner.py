@@ -19,7 +19,11 @@ from r1mega.pipeline import manifest
 
 
 def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Rank 0 of the stage's world; before the process group exists (a scheduled multi-process stage writes its
+    'running' manifest first), from the launcher's RANK: two ranks writing one manifest race on its temp file."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _barrier() -> None:

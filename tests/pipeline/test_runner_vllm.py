@@ -66,7 +66,8 @@ def test_vllm_stages_share_one_process(tmp_path):
 
 def test_failed_stage_is_marked_in_manifest(tmp_path):
     run = tmp_path / "run"
-    cfg = {**CONFIG, "rollout": {**CONFIG["rollout"], "engine": "megatron"}, "pipeline": {"run_dir": str(run), "stages": [
+    base = {k: v for k, v in CONFIG.items() if k != "grpo"}  # no GRPO stage here: its section would be refused
+    cfg = {**base, "rollout": {**CONFIG["rollout"], "engine": "megatron"}, "pipeline": {"run_dir": str(run), "stages": [
         {"name": "pretrain", "kind": "pretrain", "steps": 1},
         # worked_solutions 0 and 2 untrained samples: nothing is accepted -> the stage fails clearly
         {"name": "rejection", "kind": "rejection_sampling", "init_from": "pretrain",
