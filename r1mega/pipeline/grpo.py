@@ -317,6 +317,9 @@ class GRPOStage:
              "time/rollout": t_roll, "time/reward": t_rew, "time/logprob": t_lp, "time/train": t_train,
              "time/refit": t_refit, "time/step": dt, "tokens_per_s": float(lengths.sum()) / dt,
              "refit/seconds": getattr(refit, "seconds", 0.0) if refit is not None else 0.0}
+        probe = getattr(self.rollout, "last_probe", None)  # the refit's engine-vs-trainer check (vLLM)
+        if probe:
+            m.update({"refit/probe_mean_abs": probe["mean_abs"], "refit/probe_max_abs": probe["max_abs"]})
         return m
 
     # -------------------------------------------------------------------- run

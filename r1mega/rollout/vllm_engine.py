@@ -211,7 +211,13 @@ class VllmEngine(RolloutEngine):
             mask[i, :len(lp)] = 1.0
         self.last_probe = mismatch_stats(rows, trainer_lp, mask)
         where = f"vLLM probe after refit {self._refits}" + (" (the start-up load)" if self._refits == 1 else "")
-        return check_mismatch(self.last_probe, threshold, where=where)
+        check_mismatch(self.last_probe, threshold, where=where)
+        if self._refits == 1 and self.rank == 0:
+            p = self.last_probe
+            print(f"[r1mega] {where}: engine vs trainer log-probs agree, mean |diff| {p['mean_abs']:.2g} nats "
+                  f"(max {p['max_abs']:.2g}, {p['tokens']} tokens; limit rollout.mismatch_threshold={threshold})",
+                  flush=True)
+        return self.last_probe
 
     # ------------------------------------------------------------ sleep / wake
     def sleep(self) -> None:

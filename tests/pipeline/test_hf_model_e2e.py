@@ -109,10 +109,13 @@ pipeline:
     - {{name: rl, kind: grpo, init_from: {ckpt}, steps: 2}}
     - {{name: ev, kind: eval, init_from: rl}}
 """)
-    _run(["run", "run.yaml"], tmp_path, timeout=900)
+    out = _run(["run", "run.yaml"], tmp_path, timeout=900)
+    # every engine start (GRPO's and eval's) checked against the trainer, and every GRPO refit too
+    assert out.count("vLLM probe after refit 1 (the start-up load): engine vs trainer log-probs agree") == 2, out
     run = tmp_path / "run"
     metrics = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2
+    assert all(m["refit/probe_mean_abs"] < 1e-3 for m in metrics if "step" in m)
     prompts = [json.loads(line) for line in (run / "rl" / "prompts.jsonl").read_text().splitlines()]
     assert len(prompts) == 2
     result = json.loads((run / "ev" / "eval.json").read_text())
