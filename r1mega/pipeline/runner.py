@@ -122,7 +122,8 @@ def run_pipeline(cfg, only: list[str] | None = None, items: list[str] | None = N
         if _rank0():
             print(f"[r1mega] stage {st.name} ({st.kind}): {'resuming' if action == 'resume' else 'starting'}", flush=True)
             manifest.write(d, stage=st.name, kind=st.kind, status="running", config_hash=h,
-                           init_from=st.init_from, started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None)
+                           init_from=st.init_from, started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None,
+                           pipeline=cfg.pipeline.names())  # the report of a bare run dir reads it
         _barrier()
         t = time.time()
         try:

@@ -68,6 +68,14 @@ def _stage_entries(run_dir: Path, cfg) -> list[dict]:
     return [e for _, _, e in sorted(found, key=lambda t: (t[0], t[1]))]
 
 
+def _recorded_pipeline(entries: list) -> Optional[list]:
+    for e in reversed(entries):  # the latest started stage: its run's pipeline
+        names = (_read_json(e["dir"] / "manifest.json") or {}).get("pipeline")
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return names
+    return None
+
+
 def _seconds(m: Optional[dict]) -> Optional[float]:
     if not m:
         return None
@@ -139,21 +147,27 @@ def overall_row(summary: dict) -> Optional[dict]:
 
 
 def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=None,
-                    think_prefilled: Optional[bool] = None) -> tuple[Optional[float], dict]:
-    """Mean language-consistency reward (R1 stage 2) of the eval samples' chains of thought, computed here
-    (eval grading leaves the language reward out), over all samples and per benchmark: ``(overall,
-    {benchmark: mean})``; ``(None, {})`` without samples. With target 'prompt' each sample is scored against
-    its question's language (the row's ``lang``). ``think_prefilled``: as the eval's renderer derived it (eval.json
-    settings; None for older files: from the built-in template's name)."""
+                    think_prefilled: Optional[bool] = None) -> tuple[Optional[float], dict, Optional[float]]:
+    """Language consistency (R1 stage 2) of the eval samples' chains of thought, computed here (eval grading
+    leaves the language reward out): ``(overall, {benchmark: mean}, no_word)``. A score is the share of the
+    chain of thought's words in the target language, averaged over the chains of thought that have a word;
+    one with no word at all (only numbers or math: ``14 + 13 = 27``) has no language and is counted in
+    ``no_word`` (its share of all samples) instead (the training reward gives it
+    ``rewards.language.empty_value``). A mean is None where no chain of thought had a word; ``(None, {}, None)``
+    without samples. With target 'prompt' each sample is scored against its question's language (the row's
+    ``lang``). ``think_prefilled``: as the eval's renderer derived it (eval.json settings; None for older files:
+    from the built-in template's name)."""
     if not samples_path.exists():
-        return None, {}
+        return None, {}, None
     from r1mega.config.rewards import LanguageRewardConfig
     from r1mega.data.templates import PREFILLS_THINK
-    from r1mega.rewards.language import for_prompt, language_consistency
+    from r1mega.rewards.extract import reasoning_text
+    from r1mega.rewards.language import for_prompt, unit_counts
 
     lcfg = getattr(rewards_cfg, "language", None) or LanguageRewardConfig()
     prefilled = template in PREFILLS_THINK if think_prefilled is None else think_prefilled
     sums: dict = {}
+    samples = no_word = 0
     with open(samples_path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -161,21 +175,32 @@ def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=Non
                 text, lang, bench = row.get("text"), row.get("lang"), row.get("benchmark")
             except (ValueError, AttributeError):
                 continue
-            if isinstance(text, str):
-                score = 0.0  # an unscorable sample counts as 0, as a failed reward does
-                try:
-                    score = language_consistency(text, for_prompt(lcfg, lang), prefilled)
-                except Exception:  # noqa: BLE001
-                    pass
-                for key in ("",) + ((bench,) if isinstance(bench, str) else ()):
-                    t, n = sums.get(key, (0.0, 0))
-                    sums[key] = (t + score, n + 1)
+            if not isinstance(text, str):
+                continue
+            samples += 1
+            score = 0.0  # an unscorable sample counts as 0, as a failed reward does
+            try:
+                cfg = for_prompt(lcfg, lang)
+                target, other = unit_counts(reasoning_text(text, cfg.scope, prefilled), cfg)
+                if target + other == 0:
+                    no_word += 1
+                    continue
+                score = target / (target + other)
+            except Exception:  # noqa: BLE001
+                pass
+            for key in ("",) + ((bench,) if isinstance(bench, str) else ()):
+                t, n = sums.get(key, (0.0, 0))
+                sums[key] = (t + score, n + 1)
+    if not samples:
+        return None, {}, None
     overall = sums.pop("", None)
-    return (overall[0] / overall[1] if overall else None), {b: t / n for b, (t, n) in sums.items()}
+    return ((overall[0] / overall[1] if overall else None), {b: t / n for b, (t, n) in sums.items()},
+            no_word / samples)
 
 
 def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> dict:
-    """{settings, overall: {n, pass@1, pass@K.., cons@K, format, language, mean_tokens}, benchmarks: {name: pass@1}}."""
+    """{settings, overall: {n, pass@1, pass@K.., cons@K, format, language, no_word_cot, mean_tokens, last_number},
+    benchmarks: {name: pass@1}}."""
     summary = data.get("summary") or {}
     row = overall_row(summary) or {}
     overall = {k: v for k, v in row.items() if k == "n" or k.startswith(("pass@", "cons@"))}
@@ -185,12 +210,14 @@ def eval_entry(data: dict, samples_path: Optional[Path], rewards_cfg=None) -> di
     lang = row.get("language_rate", row.get("language"))
     source = "eval.json" if lang is not None else None
     by_bench: dict = {}
+    no_word = None
     if lang is None and samples_path is not None:
         settings = data.get("settings") or {}
-        lang, by_bench = language_scores(samples_path, settings.get("template"), rewards_cfg,
-                                         settings.get("think_prefilled"))
-        source = samples_path.name if lang is not None else None
+        lang, by_bench, no_word = language_scores(samples_path, settings.get("template"), rewards_cfg,
+                                                  settings.get("think_prefilled"))
+        source = samples_path.name if no_word is not None else None
     overall["language"] = lang
+    overall["no_word_cot"] = no_word
     benchmarks = {name: r.get("pass@1") for name, r in summary.items()
                   if isinstance(r, dict) and r.get("difficulty") is None and name != "all"}
     return {"settings": data.get("settings") or {}, "overall": overall, "benchmarks": benchmarks,
@@ -298,7 +325,8 @@ def collect(run_dir, cfg=None) -> dict:
         raise FileNotFoundError(f"run directory {run_dir} does not exist"
                                 + ("" if cfg is None else " (no stage of this config has run yet)"))
     stages, evals, grpo = [], {}, {}
-    for e in _stage_entries(run_dir, cfg):
+    entries = _stage_entries(run_dir, cfg)
+    for e in entries:
         d, st = e["dir"], e["stage"]
         m = _read_json(d / "manifest.json")
         status, note = _status(m, d)
@@ -320,13 +348,15 @@ def collect(run_dir, cfg=None) -> dict:
             if rows:
                 grpo[e["name"]] = {**grpo_summary(rows), "rows": rows}
     roles = cfg.pipeline.report_roles() if cfg is not None else dict(REPORT_ROLES)
+    # without a config: the pipeline a stage's manifest recorded (None for older runs: every R1 role and target)
+    names = cfg.pipeline.names() if cfg is not None else _recorded_pipeline(entries)
     done = [s["seconds"] for s in stages if s["seconds"] is not None]
     return {"version": FORMAT_VERSION, "name": getattr(cfg, "name", None) or run_dir.name,
             "run_dir": str(run_dir), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "stages": stages, "total_seconds": sum(done) if done else None,
-            "pipeline": cfg.pipeline.names() if cfg is not None else None,
+            "pipeline": names,
             "roles": roles, "evals": evals, "grpo": grpo,
-            "checks": learning_checks(evals, roles, {s["name"] for s in stages} if cfg is not None else None)}
+            "checks": learning_checks(evals, roles, set(names) if names is not None else None)}
 
 
 __all__ = ["collect", "example_samples", "read_metrics", "grpo_summary", "overall_row", "eval_entry", "learning_checks",

@@ -55,8 +55,26 @@ def eval_order(data: dict) -> list[tuple[str, str]]:
         if roles.get(role) and (r1 or roles[role] in in_run):
             out.append((label, roles[role]))
     named = {s for _, s in out}
-    out += [("-", name) for name in data["evals"] if name not in named]
+    init = {s["name"]: s.get("init_from") for s in data.get("stages") or ()}
+    # another eval: labelled with what it evaluates (its init stage, or the last part of a checkpoint path)
+    out += [(_model_label(init.get(name)), name) for name in data["evals"] if name not in named]
     return out
+
+
+def _sampling(settings: dict) -> tuple:
+    return tuple(settings.get(k) for k in ("k", "temperature", "top_p", "max_new_tokens", "template"))
+
+
+def _column_heads(shown: list) -> list:
+    """A column per eval: its model label where that names one eval only, else the stage name."""
+    labels = [label for label, _ in shown]
+    return [label if label != "-" and labels.count(label) == 1 else name for label, name in shown]
+
+
+def _model_label(init_from) -> str:
+    if not init_from:
+        return "-"
+    return str(init_from).rstrip("/").rsplit("/", 1)[-1] or "-"
 
 
 def _status_of(data: dict, name: str) -> str:
@@ -90,18 +108,25 @@ def render(data: dict, plots: dict) -> str:
     first = next(iter(evals.values()), None)
     if first:
         st = first["settings"]
+        others = [(name, e["settings"]) for name, e in evals.items() if _sampling(e["settings"]) != _sampling(st)]
         L += [f"k = {st.get('k')} samples per question, temperature {st.get('temperature')}, top-p {st.get('top_p')}, "
-              f"at most {st.get('max_new_tokens')} new tokens, template {st.get('template')}. pass@1 and cons@k over "
-              "all benchmarks; format: mean format reward; language: mean language-consistency reward of the "
-              "chain of thought" + ("; last number: the last number anywhere in the reply equals the answer (format "
+              f"at most {st.get('max_new_tokens')} new tokens, template {st.get('template')}" +
+              "".join(f" ({name}: k = {o.get('k')}, temperature {o.get('temperature')}, top-p {o.get('top_p')}, at "
+                      f"most {o.get('max_new_tokens')} new tokens, template {o.get('template')})" for name, o in others) +
+              ". pass@1 and cons@k over "
+              "all benchmarks; format: mean format reward; language: share of the chain of thought's words in the "
+              "target language, over the chains of thought that have a word" +
+              ("; no-word CoT: share of chains of thought with no word at all (only numbers or math), which have no "
+               "language" if any(e["overall"].get("no_word_cot") for e in evals.values()) else "") + ("; last number: the last number anywhere in the reply equals the answer (format "
                                     "ignored: how a base model that never uses the tags is scored generously)"
                                     if any(e["overall"].get("last_number") is not None for e in evals.values())
                                     else "") + ".", ""]
     keys = sorted({k for e in evals.values() for k in e["overall"] if k.startswith("pass@") and k != "pass@1"}, key=_k)
     cons = sorted({k for e in evals.values() for k in e["overall"] if k.startswith("cons@")}, key=_k)
     loose = any(e["overall"].get("last_number") is not None for e in evals.values())
-    header = ["model", "stage", "n", "pass@1", *keys, *cons, "format", "language", "mean len"] + \
-        (["last number"] if loose else [])
+    wordless = any(e["overall"].get("no_word_cot") for e in evals.values())
+    header = ["model", "stage", "n", "pass@1", *keys, *cons, "format", "language"] + \
+        (["no-word CoT"] if wordless else []) + ["mean len"] + (["last number"] if loose else [])
     rows = []
     order = eval_order(data)
     for label, name in order:
@@ -111,21 +136,23 @@ def render(data: dict, plots: dict) -> str:
             continue
         o = e["overall"]
         rows.append([label, name, o.get("n", "-"), pct(o.get("pass@1")), *[pct(o.get(k)) for k in keys],
-                     *[pct(o.get(k)) for k in cons], pct(o.get("format")), pct(o.get("language")),
-                     num(o.get("mean_tokens"))] + ([pct(o.get("last_number"))] if loose else []))
+                     *[pct(o.get(k)) for k in cons], pct(o.get("format")), pct(o.get("language"))] +
+                    ([pct(o.get("no_word_cot"))] if wordless else []) + [num(o.get("mean_tokens"))] +
+                    ([pct(o.get("last_number"))] if loose else []))
     if evals or order:
         L += _table(header, rows, right_from=2) + [""]
     benches = list(dict.fromkeys(b for e in evals.values() for b in e["benchmarks"]))
     if len(benches) > 1:
         shown = [(label, name) for label, name in order if name in evals]
         L += ["pass@1 per benchmark:", ""]
-        L += _table(["benchmark"] + [name if label == "-" else label for label, name in shown],
+        heads = _column_heads(shown)
+        L += _table(["benchmark"] + heads,
                     [[b] + [pct(evals[name]["benchmarks"].get(b)) for _, name in shown] for b in benches]) + [""]
         if any(evals[name].get("benchmark_language") for _, name in shown):
             zh = "; `_zh`: the same problems asked in Chinese" if any(b.endswith("_zh") for b in benches) else ""
             L += ["Language consistency per benchmark (share of the chain of thought in the language the question "
                   f"was asked in{zh}):", ""]
-            L += _table(["benchmark"] + [name if label == "-" else label for label, name in shown],
+            L += _table(["benchmark"] + heads,
                         [[b] + [pct((evals[name].get("benchmark_language") or {}).get(b)) for _, name in shown]
                          for b in benches]) + [""]
 

@@ -114,8 +114,8 @@ def test_report_numbers_status_and_plots(run):
     assert "| R1 | eval_r1 | 8 | 55.0 | 75.0 | 55.0 | 90.0 | 100.0 | 25.5 |" in md
     assert "| student (distilled) | eval_student | 8 | 25.0 | 45.0 | 25.0 | 70.0 | - | 22.0 |" in md
     assert "| student (base samples) | eval_student_base | failed | - |" in md
-    assert "| - | eval_extra | 8 | 10.0 |" in md
-    assert md.index("| base |") < md.index("| R1-Zero |") < md.index("| R1 |") < md.index("| - | eval_extra")
+    assert "| pretrain | eval_extra | 8 | 10.0 |" in md
+    assert md.index("| base |") < md.index("| R1-Zero |") < md.index("| R1 |") < md.index("| pretrain | eval_extra")
     assert "| arith | 25.0 | 50.0 | 60.0 | 30.0 | 10.0 |" in md  # pass@1 per benchmark
     o = data["evals"]["eval_r1"]["overall"]
     assert (o["pass@1"], o["pass@4"], o["cons@4"], o["format"], o["language"], o["n"]) == (0.55, 0.75, 0.55, 0.9, 1.0, 8)
@@ -254,11 +254,13 @@ def test_language_is_scored_against_the_language_each_question_was_asked_in(tmp_
     zh = "<think> 第1步：7-3=4。第2步：4*2=8。 </think> <answer> 8 </answer>"
     half = "<think> Step 1: 7-3=4. 第2步：4*2=8。 </think> <answer> 8 </answer>"  # Step | 第 步: 1 Latin, 2 Han
     rows = [("arith", "en", en), ("arith", "en", half), ("arith_zh", "zh", en), ("arith_zh", "zh", zh),
-            ("arith_zh", "zh", half), ("old", None, zh)]  # a row without 'lang': prompt_default (en)
+            ("arith_zh", "zh", half), ("old", None, zh),  # a row without 'lang': prompt_default (en)
+            ("arith", "en", "<think> 7-3=4. 4*2=8 </think> <answer> 8 </answer>")]  # no word: no language, not 0%
     path = tmp_path / "eval_samples.jsonl"
     path.write_text("".join(json.dumps({"id": i, "benchmark": b, **({"lang": lang} if lang else {}), "text": t},
                                        ensure_ascii=False) + "\n" for i, (b, lang, t) in enumerate(rows)))
-    overall, by_bench = language_scores(path, "r1_zero")
+    overall, by_bench, no_word = language_scores(path, "r1_zero")
+    assert no_word == pytest.approx(1 / 7)
     assert by_bench == {"arith": pytest.approx((1 + 1 / 3) / 2), "arith_zh": pytest.approx((0 + 1 + 2 / 3) / 3),
                         "old": 0.0}
     assert overall == pytest.approx((1 + 1 / 3 + 0 + 1 + 2 / 3 + 0) / 6)
@@ -304,7 +306,8 @@ def test_a_user_pipeline_gets_base_vs_trained_and_samples(tmp_path):
     for name, p1, loose, text in (("eval_base", 0.0, 0.3, "14 + 13 = 27"), ("eval_grpo", 0.5, 0.6,
                                                                            "<think> 14+13=27 </think> <answer>27</answer>")):
         d = run_dir / name
-        _manifest(d, stage=name, kind="eval", status="complete")
+        _manifest(d, stage=name, kind="eval", status="complete", init_from=None if name == "eval_base" else "grpo",
+                  pipeline=["eval_base", "grpo", "eval_grpo"])
         summary = {"file:heldout": {"n": 2, "difficulty": None, "pass@1": p1, "cons@2": p1, "format_rate": p1,
                                     "mean_tokens": 10.0, "last_number@1": loose}}
         (d / "eval.json").write_text(json.dumps({"summary": summary, "settings": {"k": 2, "template": "hf_chat"}}))
@@ -314,5 +317,10 @@ def test_a_user_pipeline_gets_base_vs_trained_and_samples(tmp_path):
     md = write_report(run_dir, cfg).read_text()
     assert "R1-Zero" not in md and "Learning targets" not in md and "not in pipeline" not in md
     assert "| base | eval_base | 2 | 0.0 | 0.0 | 0.0 |" in md and "| 30.0 |" in md.split("eval_base")[2]
-    assert "| - | eval_grpo | 2 | 50.0 |" in md and "last number" in md
+    assert "| grpo | eval_grpo | 2 | 50.0 |" in md and "last number" in md  # labelled with the model it evaluates
+    # chains of thought made only of numbers have no language: not scored 0%, counted as no-word instead
+    assert "| grpo | eval_grpo | 2 | 50.0 | 50.0 | 50.0 | - | 100.0 | 10.0 | 60.0 |" in md and "no-word CoT" in md
     assert "### eval_grpo" in md and "<answer>27</answer>" in md and "`q1` (correct, format 50)" in md
+    # `r1mega report RUN_DIR` (no config): the pipeline recorded in the manifests, no R1 roles either
+    bare = write_report(run_dir, out=tmp_path / "bare").read_text()
+    assert "R1-Zero" not in bare and "Learning targets" not in bare and "| grpo | eval_grpo | 2 | 50.0 |" in bare
