@@ -41,7 +41,7 @@ demo: setup
 # own chat template; evaluated before and after; exported back to Hugging Face and checked there (README).
 SMOL := runs/smollm2
 smollm2: setup-real
-	@test -f $(SMOL)/data/train.jsonl || $(VPY) examples/smollm2-135m/make_data.py $(SMOL)/data
+	@test -f $(SMOL)/data/math500.jsonl || $(VPY) examples/smollm2-135m/make_data.py $(SMOL)/data
 	@test -f $(SMOL)/base/latest || $(VENV)/bin/r1mega convert hf-to-megatron --out $(SMOL)/base \
 	  --hf "$$($(VPY) -c 'from r1mega.bridge.gguf import smollm2_gguf; print(smollm2_gguf())')"
 	$(VENV)/bin/r1mega run examples/smollm2-135m/grpo.yaml
