@@ -71,7 +71,8 @@ def vocab_parallel_logprobs(
     log_z = sum_exp.log()
     local = (target >= start) & (target < start + v_local)
     idx = (target - start).clamp(0, v_local - 1)
-    picked = shifted.gather(-1, idx.unsqueeze(-1)).squeeze(-1) * local
+    # where, not a product: on a rank holding only padding columns every entry is -inf, and -inf * 0 is NaN
+    picked = torch.where(local, shifted.gather(-1, idx.unsqueeze(-1)).squeeze(-1), torch.zeros((), dtype=x.dtype))
     logp = _sum_tp(picked, group) - log_z
     entropy = None
     if with_entropy:
