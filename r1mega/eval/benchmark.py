@@ -42,13 +42,14 @@ class EvalProblem:
     difficulty: Optional[int] = None
     metadata: dict = field(default_factory=dict)
 
-    def reward_sample(self, response: str, response_tokens: Optional[int] = None):
-        """The :class:`~r1mega.rewards.RewardSample` that grades ``response`` to this problem."""
+    def reward_sample(self, response: str, response_tokens: Optional[int] = None, truncated: Optional[bool] = None):
+        """The :class:`~r1mega.rewards.RewardSample` that grades ``response`` to this problem (``truncated``: cut
+        at the length limit, so a \\boxed{} in it is no answer)."""
         from r1mega.rewards import RewardSample
 
         md = {k: v for k, v in self.metadata.items() if k in ("gym_task", "entry", "choices", "lang")}
         return RewardSample(response=response, task_type=self.task_type, gold=self.gold, prompt=self.prompt,
-                            metadata=md, response_tokens=response_tokens)
+                            metadata=md, response_tokens=response_tokens, truncated=truncated)
 
 
 def check_benchmark_name(name: Any) -> Optional[str]:

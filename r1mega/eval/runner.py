@@ -100,7 +100,8 @@ class ProblemResult:
 
 def aggregate(results: Sequence[ProblemResult], ks: Sequence[int], k: int) -> dict:
     """Benchmark-level metrics: means over questions of pass@1, pass@k (each k in ``ks``) and cons@k, and
-    means over samples of response length, format, truncation and missing answers."""
+    means over samples of response length, format, truncation and missing answers. ``too_few_samples``
+    counts, per pass@k, the questions left out of it for having fewer than k samples (a warning says so)."""
     samples = [s for r in results for s in r.samples]
     row: dict[str, Any] = {"n": len(results), "samples": len(samples),
                            "pass@1": mean(r.pass1 for r in results)}
@@ -117,9 +118,18 @@ def aggregate(results: Sequence[ProblemResult], ks: Sequence[int], k: int) -> di
                                  for s in samples)
     loose = [s.loose for s in samples if s.loose is not None]
     row["last_number@1"] = mean(loose) if loose else None
-    warning = implausible(row)
-    if warning:
-        row["warning"] = warning
+    # a question with fewer than k samples has no pass@k: it is left out of that mean, and said so
+    short = {f"pass@{kk}": sum(1 for r in results if r.n < kk) for kk in sorted(set(ks) | {1})}
+    row["too_few_samples"] = {name: count for name, count in short.items() if count}
+    warnings = [implausible(row)]
+    if row["too_few_samples"]:
+        most = max(kk for kk in ks if short[f"pass@{kk}"])
+        warnings.append(f"{short[f'pass@{most}']} of {len(results)} questions have fewer than {most} samples "
+                        f"(too_few_samples: {row['too_few_samples']}); each pass@k is the mean over the questions "
+                        "with at least k samples only")
+    warnings = [w for w in warnings if w]
+    if warnings:
+        row["warning"] = "; ".join(warnings)
     return row
 
 
@@ -168,6 +178,12 @@ def eval_rewards_config(rewards_cfg=None, think_prefilled: bool = False):
     fmt = dataclasses.replace(base.format, think_prefilled=base.format.think_prefilled or think_prefilled)
     return dataclasses.replace(base, weights={t: {"accuracy": 1.0, "format": 1.0} for t in TASK_TYPES},
                                format=fmt, overlong=OverlongConfig(enabled=False))
+
+
+def _cut(completion) -> Optional[bool]:
+    """Whether a completion was cut at the length limit (None: its engine does not say)."""
+    reason = getattr(completion, "finish_reason", None)
+    return None if not reason else reason == "length"
 
 
 def _group(rollouts, i: int) -> list:
@@ -311,7 +327,7 @@ class EvalRunner:
         for p, g in zip(problems, groups):
             for c in g:
                 flat.append((p, c, self._count_tokens(c)))
-        out = rc.score([p.reward_sample(c.text, tokens) for p, c, tokens in flat]) if flat else None
+        out = rc.score([p.reward_sample(c.text, tokens, _cut(c)) for p, c, tokens in flat]) if flat else None
         results: list[ProblemResult] = []
         pos = 0
         for p, g in zip(problems, groups):
@@ -321,7 +337,8 @@ class EvalRunner:
                 acc = out.components.get("accuracy", [0.0] * len(flat))[pos]
                 fmt = out.components.get("format", [0.0] * len(flat))[pos]
                 status = out.details[pos].get("accuracy", out.details[pos].get("sample", ""))
-                answer = extract_answer(c.text) if p.task_type != "code" else None
+                answer = (extract_answer(c.text, self.rewards_cfg.format.think_prefilled, _cut(c))
+                          if p.task_type != "code" else None)
                 samples.append(SampleResult(text=c.text, answer=answer, score=acc,
                                             correct=acc >= self.correct_threshold - EPS, format=fmt, tokens=tokens,
                                             finish_reason=str(getattr(c, "finish_reason", "") or ""),

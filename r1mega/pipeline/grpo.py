@@ -147,7 +147,8 @@ class GRPOStage:
         return [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
                              gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
                              metadata=items[c.prompt_index].reward_metadata(),
-                             response_tokens=len(c.token_ids), max_tokens=self.sampling.max_new_tokens)
+                             response_tokens=len(c.token_ids), max_tokens=self.sampling.max_new_tokens,
+                             truncated=c.finish_reason == "length")
                 for c in rollouts.completions]
 
     def _generate_scored(self, it: int):

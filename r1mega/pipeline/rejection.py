@@ -109,7 +109,8 @@ def run_stage(cfg, stage_name: str) -> dict:
             samples = [RewardSample(response=c.text, task_type=items[c.prompt_index].task_type,
                                     gold=items[c.prompt_index].gold, prompt=items[c.prompt_index].text,
                                     metadata=items[c.prompt_index].reward_metadata(),
-                                    response_tokens=len(c.token_ids), max_tokens=sampling.max_new_tokens)
+                                    response_tokens=len(c.token_ids), max_tokens=sampling.max_new_tokens,
+                                    truncated=c.finish_reason == "length")
                        for c in ro.completions]
             _, _, comps = gather_rewards(computer, samples)
             if dist.is_initialized():

@@ -55,6 +55,14 @@ class RewardSample:
     metadata: dict = field(default_factory=dict)
     response_tokens: Optional[int] = None
     max_tokens: Optional[int] = None
+    truncated: Optional[bool] = None  # cut at the generation limit (finish reason 'length'); None: tokens >= max
+
+    @property
+    def cut(self) -> bool:
+        """Whether the response was cut at the length limit (then the \\boxed{} fallback gives no answer)."""
+        if self.truncated is not None:
+            return bool(self.truncated)
+        return self.response_tokens is not None and self.max_tokens is not None and self.response_tokens >= self.max_tokens
 
     @classmethod
     def coerce(cls, x: Union["RewardSample", dict]) -> "RewardSample":
@@ -233,7 +241,7 @@ class RewardComputer:
                               cfg.code.wall_timeout_s + cfg.code.timeout_margin_s))
             targets.append((i, "accuracy"))
             return
-        answer = extract_answer(s.response)
+        answer = extract_answer(s.response, think_prefilled=cfg.format.think_prefilled, truncated=s.cut)
         if answer is None:
             put(i, "accuracy", 0.0, "no_answer")
             return

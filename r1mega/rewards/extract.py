@@ -1,7 +1,9 @@
 """Pulling the final answer (or code) out of a response. Pure string scanning, linear time, no eval.
 
 Answer rule: the content of the last complete ``<answer>...</answer>`` pair; if there is none, the content
-of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces; else ``None``.
+of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces *after the reasoning* (after the last
+``</think>``; nothing while a think block is still open, prefilled or not), unless the response was cut at
+the length limit (a box there is a guess in mid-thought, not an answer); else ``None``.
 """
 from __future__ import annotations
 
@@ -60,14 +62,25 @@ def _brace_matches(text: str) -> dict:
     return match
 
 
-def extract_answer(text: str) -> Optional[str]:
-    """The answer of a response: <answer> content, else the last \\boxed{} content, else None."""
+def extract_answer(text: str, think_prefilled: bool = False, truncated: bool = False) -> Optional[str]:
+    """The answer of a response: <answer> content, else the last \\boxed{} content outside the think block
+    (none for a ``truncated`` response), else None. ``think_prefilled``: the prompt ended with ``<think>``, so
+    the response starts inside the reasoning."""
     if not isinstance(text, str):
         return None
     ans = extract_answer_tag(text)
-    if ans is not None:
+    if ans is not None or truncated:
         return ans
-    return extract_last_boxed(text)
+    after = _after_think(text, think_prefilled)
+    return None if after is None else extract_last_boxed(after)
+
+
+def _after_think(text: str, think_prefilled: bool) -> Optional[str]:
+    """The text after the last ``</think>``; the whole text without a think block; None inside an open one."""
+    end = text.rfind("</think>")
+    if end >= 0:
+        return text[end + len("</think>"):]
+    return None if think_prefilled or "<think>" in text else text
 
 
 def extract_think(text: str, think_prefilled: bool = False) -> Optional[str]:

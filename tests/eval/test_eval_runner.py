@@ -205,6 +205,26 @@ def test_aggregate_of_nothing():
     assert row["n"] == 0 and row["pass@1"] is None and row["cons@4"] is None
 
 
+def test_questions_short_of_k_samples_are_counted_and_reported():
+    from r1mega.eval.runner import ProblemResult, SampleResult, summarize
+
+    def res(i, correct):
+        samples = [SampleResult("t", "1", float(c), bool(c), 1.0, 3, "stop", "ok") for c in correct]
+        return ProblemResult(EvalProblem(id=f"q{i}", benchmark="b", prompt="p", gold="1", task_type="math"), samples)
+
+    results = [res(0, [1, 0, 0, 0]), res(1, [1, 1]), res(2, [0, 0, 0, 1]), res(3, [])]
+    row = aggregate(results, [1, 2, 4], 4)
+    # pass@4 over q0 and q2 only (1 each), pass@2 over q0, q1, q2; pass@1 over the three with samples
+    assert row["pass@4"] == 1.0 and row["pass@2"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    assert row["pass@1"] == pytest.approx((0.25 + 1.0 + 0.25) / 3)
+    assert row["too_few_samples"] == {"pass@1": 1, "pass@2": 1, "pass@4": 2}
+    assert "2 of 4 questions have fewer than 4 samples" in row["warning"] and "pass@4" in row["warning"]
+    table = format_table(summarize(results, [1, 2, 4], 4), 4, [1, 2, 4])
+    assert "WARNING b: " in table and "fewer than 4 samples" in table
+    full = aggregate([results[0], results[2]], [1, 2, 4], 4)
+    assert full["too_few_samples"] == {} and "warning" not in full
+
+
 def test_runner_argument_errors():
     with pytest.raises(ValueError):
         EvalRunner(None, CharTokenizer(), template="nope")

@@ -26,6 +26,39 @@ def test_last_boxed_when_no_answer_tag():
     assert extract_answer(r"<answer>unclosed \boxed{9}") == "9"
 
 
+def test_boxed_fallback_never_looks_inside_the_reasoning():
+    # a box inside a closed think block is not the answer; one after it is
+    assert extract_answer(r"<think>maybe \boxed{7}</think> so 5") is None
+    assert extract_answer(r"<think>maybe \boxed{7}</think> \boxed{5}") == "5"
+    # a think block still open (no </think>: cut, or the model never closed it) has no answer at all
+    assert extract_answer(r"<think>try \boxed{7} and then") is None
+    assert extract_answer(r"before <think>try \boxed{7}") is None
+    # a prefilled <think> (chat template): the response starts inside the reasoning
+    assert extract_answer(r"try \boxed{7} hmm", think_prefilled=True) is None
+    assert extract_answer(r"try \boxed{7}</think> \boxed{8}", think_prefilled=True) == "8"
+    assert extract_answer(r"try \boxed{7} hmm") == "7"  # no think block at all: the whole response counts
+
+
+def test_truncated_response_gets_no_answer_from_the_fallback():
+    assert extract_answer(r"<think>x</think> \boxed{5} and more", truncated=True) is None
+    assert extract_answer(r"<think>x</think><answer>5</answer>", truncated=True) == "5"  # a complete tag still counts
+
+
+def test_reward_computer_grades_think_boxes_and_truncation(computer):
+    from r1mega.rewards import RewardSample
+
+    cut = dict(response_tokens=16, max_tokens=16)
+    out = computer().score([
+        RewardSample(r"<think>\boxed{5}</think> I give up", "math", "5"),
+        RewardSample(r"<think>ok</think> \boxed{5}", "math", "5"),
+        RewardSample(r"<think>ok</think> \boxed{5} but wait", "math", "5", **cut),  # cut at the limit
+        RewardSample(r"<think>ok</think> \boxed{5} but wait", "math", "5", truncated=True),
+        RewardSample(r"<think>ok</think> \boxed{5}", "math", "5", **cut, truncated=False),  # EOS exactly at the limit
+    ])
+    assert out.components["accuracy"] == [0.0, 1.0, 0.0, 0.0, 1.0]
+    assert [d["accuracy"] for d in out.details][:4] == ["no_answer", "ok", "no_answer", "no_answer"]
+
+
 def test_extraction_is_linear_on_hostile_input():
     import time
 
