@@ -181,10 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def die_with_launcher() -> None:
+    """A torchrun rank (``TORCHELASTIC_RUN_ID`` is set) dies with its torchrun agent, even after ``kill -9`` of
+    torchrun: the agent restarts or stops its ranks itself, and without it they would train on unwatched."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        from r1mega.platform.lifeline import die_with_parent
+
+        die_with_parent()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from r1mega.config.base import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    die_with_launcher()
     try:
         if argv and argv[0] in TOOL_COMMANDS:
             return _status(_target(argv[0], TOOL_COMMANDS[argv[0]][1])(argv[1:]))

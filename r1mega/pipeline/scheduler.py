@@ -47,6 +47,7 @@ from r1mega.config.pipeline import STAGE_PROCESS_ENV
 from r1mega.config.stage import stage_ref
 from r1mega.pipeline import manifest
 from r1mega.platform.distributed import free_port
+from r1mega.platform.lifeline import Lifeline, hold
 
 CHILD_ENV = STAGE_PROCESS_ENV  # set in a stage's child processes: the parent writes the report
 RANK_GRACE_S = 10  # after one rank of a stage fails, the others get this long to exit before they are killed
@@ -85,9 +86,13 @@ def dependencies(cfg, stage) -> set[str]:
     return found & names
 
 
-def _stage_process(items: list[str], name: str, log: str, nice: int, env: Optional[dict] = None) -> None:
+def _stage_process(items: list[str], name: str, log: str, nice: int, env: Optional[dict] = None,
+                   lifeline=None) -> None:
     """A child: ``r1mega run ITEMS --only NAME`` with its output appended to ``log``, at CPU priority ``nice``,
-    with ``env`` added to its environment (a multi-process stage's rank, world size and rendezvous)."""
+    with ``env`` added to its environment (a multi-process stage's rank, world size and rendezvous); it dies
+    (SIGKILL) when the scheduler's process is gone (``lifeline``: :mod:`r1mega.platform.lifeline`)."""
+    if lifeline is not None:
+        hold(lifeline, f"stage {name}")
     os.environ.update(env or {})
     if nice:
         os.nice(nice)
@@ -157,6 +162,7 @@ class _Scheduler:
         self.items, self.max_parallel, self.log = list(items), max_parallel, log
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+        self.lifeline = Lifeline(self.ctx)  # the stage processes die with this process, even after kill -9
         self.running: dict[str, tuple] = {}  # name -> (processes (rank order), rank 0's log tail, stage dir, start time)
         self.failing: dict[str, tuple] = {}  # name -> (when, rank): its first failed rank (the others get RANK_GRACE_S)
         self.done: set[str] = set()
@@ -194,8 +200,8 @@ class _Scheduler:
                 env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(st.processes),
                        "LOCAL_WORLD_SIZE": str(st.processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
             rank_log = log if rank == 0 else d / f"stage.rank{rank}.log"
-            proc = self.ctx.Process(target=_stage_process, args=(self.items, st.name, str(rank_log), st.nice, env),
-                                    name=f"stage-{st.name}-{rank}")
+            proc = self.ctx.Process(target=_stage_process, name=f"stage-{st.name}-{rank}",
+                                    args=(self.items, st.name, str(rank_log), st.nice, env, self.lifeline.child_end))
             proc.start()
             procs.append(proc)
         nice = f" at nice {st.nice}" if st.nice else ""
@@ -351,6 +357,7 @@ class _Scheduler:
                 raise
         finally:
             self._restore_signals(previous)
+            self.lifeline.close()  # a stage process that somehow still runs dies now
         if self.failed:
             raise StageFailed("; ".join(f"stage {n!r} failed (exit {rc}), see {p}" for n, rc, p in self.failed))
         return self.results

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Optional
 
+from r1mega.platform.lifeline import Lifeline
 from r1mega.rewards.worker import PRELOAD, worker_main
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,15 @@ class WorkerPool:
         self._closed = False
         self._starter: Optional[threading.Thread] = None
         self._pid = os.getpid()
+        self._lifeline: Optional[Lifeline] = None  # the workers die with the process that owns the pool
 
     # -- worker lifecycle -------------------------------------------------------------------------------
     def _spawn(self, index: int) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=worker_main, args=(child, index, self.worker_memory_mb, self.preload),
-                                 name=f"r1mega-reward-{index}", daemon=True)
+        if self._lifeline is None:
+            self._lifeline = Lifeline(self._ctx)
+        proc = self._ctx.Process(target=worker_main, name=f"r1mega-reward-{index}", daemon=True,
+                                 args=(child, index, self.worker_memory_mb, self.preload, self._lifeline.child_end))
         proc.start()
         child.close()
         return _Worker(index=index, proc=proc, conn=parent, started=time.monotonic())
@@ -109,8 +113,8 @@ class WorkerPool:
     def _ensure_started(self) -> None:
         if self._closed:
             raise RuntimeError("WorkerPool is closed")
-        if os.getpid() != self._pid:  # used after a fork: the workers belong to the parent
-            self._workers, self._pid = [], os.getpid()
+        if os.getpid() != self._pid:  # used after a fork: the workers (and their lifeline) belong to the parent
+            self._workers, self._pid, self._lifeline = [], os.getpid(), None
         while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn(len(self._workers)))
 
@@ -251,6 +255,9 @@ class WorkerPool:
             if w.proc.is_alive():
                 self._kill(w)
         self._workers = []
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
 
     def __enter__(self) -> "WorkerPool":
         return self

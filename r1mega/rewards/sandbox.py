@@ -34,6 +34,7 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 _warned = False
+_running: set = set()  # sandboxes started by this process and not yet stopped (:func:`kill_running`)
 TMPFS_BYTES = 64 * 1024 * 1024
 _ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0"}
@@ -228,15 +229,18 @@ def start_python(inner_args: list[str], *, python: str, backend: str, uid: int) 
         argv, drop = bwrap_argv(python, inner_args), True
     else:
         argv, drop = fallback_argv(python, inner_args, uid)
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=_ENV, cwd="/", start_new_session=True, close_fds=True,
                             **(_drop_uid(uid) if drop else {}))
+    _running.add(proc)
+    return proc
 
 
 def stop_python(proc: subprocess.Popen) -> bool:
     """Kill the run's process group (also leftovers of a finished run), reap it, close its pipes; False if it
     would not die within 5 s of the kill."""
     _kill_group(proc)
+    _running.discard(proc)
     died = True
     try:
         proc.wait(timeout=5)
@@ -253,6 +257,14 @@ def stop_python(proc: subprocess.Popen) -> bool:
     if os.environ.get("R1MEGA_REWARD_WORKER"):
         _reap()
     return died
+
+
+def kill_running() -> None:
+    """Kill every sandbox this process started and has not stopped (its process group): the reward worker does this
+    when its pool's owner is gone, before it dies itself (bwrap's ``--die-with-parent`` would end a bwrap sandbox
+    anyway; the rlimit fallback's would run on)."""
+    for proc in list(_running):
+        _kill_group(proc)
 
 
 def _reap() -> None:
@@ -277,4 +289,4 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-__all__ = ["SandboxResult", "run_python", "start_python", "stop_python", "select_backend", "resolve_python", "bwrap_works", "bwrap_argv"]
+__all__ = ["SandboxResult", "run_python", "start_python", "stop_python", "kill_running", "select_backend", "resolve_python", "bwrap_works", "bwrap_argv"]

@@ -2,7 +2,9 @@
 
 A worker only runs functions named in :data:`FUNCTIONS` (no pickled callables), one at a time, and answers
 ``(task_id, ok, value_or_error)``. It ignores SIGINT (Ctrl-C belongs to the trainer), caps its address space
-(RLIMIT_AS) so a blow-up fails the call rather than the machine, and exits when its pipe closes.
+(RLIMIT_AS) so a blow-up fails the call rather than the machine, and exits when its pipe closes. When the process
+that owns the pool dies (even by ``kill -9``, even in the middle of a call), the worker kills the sandboxes it
+runs and itself (its lifeline, :mod:`r1mega.platform.lifeline`).
 """
 from __future__ import annotations
 
@@ -73,9 +75,14 @@ def _prctl_setup() -> None:
         pass
 
 
-def worker_main(conn, index: int, memory_mb: int, preload: tuple) -> None:
+def worker_main(conn, index: int, memory_mb: int, preload: tuple, lifeline=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _prctl_setup()
+    if lifeline is not None:
+        from r1mega.platform.lifeline import hold
+        from r1mega.rewards.sandbox import kill_running
+
+        hold(lifeline, f"reward worker {index}", cleanup=kill_running)
     os.environ["R1MEGA_REWARD_WORKER"] = str(index)
     if memory_mb:
         import resource
