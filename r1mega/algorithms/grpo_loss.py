@@ -17,7 +17,7 @@ Contract::
   ``advantages``       required   ``[B]`` (outcome) or ``[B, T]`` (process supervision)
   ``ref_logprobs``     if kl>0    reference-policy log-probs
   ``rollout_logprobs`` optional   the rollout engine's log-probs (TIS, mismatch metrics;
-                                  required when ``cfg.tis`` or ``cfg.mismatch_mask``)
+                                  required with TIS or a mismatch mask)
   ``entropy``          optional   per-token entropy, metrics only
   ``global_num_seqs``  0-d        sequences with >= 1 loss token in the WHOLE global batch
   ``global_num_tokens`` 0-d       loss tokens in the WHOLE global batch
@@ -29,10 +29,11 @@ being trained are the behaviour policy, so a batch without ``old_logprobs`` take
 itself, detached (ratio exactly 1; the gradient is the on-policy policy gradient), and the trainer saves
 the separate forward pass.
 
-Per token: ``l = w * (pg + kl_coef * kl)`` with ``pg`` the clipped surrogate
-(:mod:`.policy_loss`), ``kl`` the chosen estimator against the reference (:mod:`.kl`), and
-``w`` the detached weight ``min(exp(old - rollout), tis_cap)`` when ``cfg.tis`` (times 0 for
-tokens over ``mismatch_token_threshold`` when ``cfg.mismatch_mask``), else 1. The loss is
+Per token: ``l = keep * (w * pg + kl_coef * kl)`` (``keep * w * (pg + kl_coef * kl)`` with ``cfg.tis_on_kl``),
+with ``pg`` the clipped surrogate (:mod:`.policy_loss`) of the importance ratio of ``cfg.importance_level``
+(token, or GSPO's sequence ratio: :mod:`.gspo`), ``kl`` the chosen estimator against the reference
+(:mod:`.kl`), ``w`` the detached truncated importance weight against the rollout engine (token or sequence,
+``cfg.tis``; else 1) and ``keep`` the token and sequence mismatch masks (:mod:`.mismatch`; else 1). The loss is
 ``aggregate_loss(l, ...)`` with the global counts (:mod:`.aggregation`): summed over all
 microbatches and DP ranks it equals the global-batch loss. NaN/inf at masked positions of any
 input never reaches the loss or the gradient.
@@ -42,8 +43,9 @@ Metrics follow :mod:`.metrics` (``(sum, count)`` pairs, ``/max`` and ``/min`` si
 reference, k3, whatever the estimator), ``clip/low_frac``, ``clip/high_frac``, ``clip/dual_frac``,
 ``ratio/mean``, ``ratio/max``, ``ratio/min``, ``adv/mean`` + ``adv/sq_mean`` (per sequence for
 ``[B]`` advantages, per token for ``[B, T]``), ``entropy/mean``, ``response/length``, and with
-rollout log-probs ``mismatch/*`` (:func:`.metrics.mismatch_metrics`) plus
-``mismatch/tis_weight_mean`` and ``mismatch/tis_truncated_frac`` when TIS is on.
+rollout log-probs ``mismatch/*`` (:func:`.mismatch.mismatch_correction`: mismatch sizes, TIS weights, masked
+fractions). With a sequence-level ratio the ``ratio/*`` and ``clip/*`` metrics count every token of a sequence
+with its sequence's value.
 """
 from __future__ import annotations
 
@@ -53,9 +55,11 @@ import torch
 from torch import Tensor
 
 from .aggregation import aggregate_loss
+from .gspo import importance_ratios
 from .kl import kl_penalty
-from .metrics import masked_max_metric, masked_mean_metric, masked_min_metric, mismatch_metrics, sum_count
-from .policy_loss import clipped_surrogate, truncated_is_weight
+from .metrics import masked_max_metric, masked_mean_metric, masked_min_metric, sum_count
+from .mismatch import mismatch_correction
+from .policy_loss import surrogate_from_ratio
 
 
 def _require(batch: dict, key: str, why: str) -> Tensor:
@@ -99,42 +103,50 @@ class GRPOLoss:
         if seq_level and adv.shape[0] != mask.shape[0]:
             raise ValueError(f"GRPOLoss: advantages {tuple(adv.shape)} do not match batch size {mask.shape[0]}")
         adv_tok = clean(adv[:, None].expand_as(mask) if seq_level else adv)
+        if cfg.importance_level == "sequence" and not seq_level:
+            raise ValueError("GRPOLoss: importance_level 'sequence' needs one advantage per sequence ([B]); "
+                             "token-level advantages work with 'sequence_token'")
+        sequence_quantities = cfg.importance_level != "token" or cfg.mismatch_seq_mask or cfg.tis_level != "token"
+        if sequence_quantities and batch.get("seq_num_tokens") is not None:
+            raise ValueError("GRPOLoss: sequence-level ratios need whole sequences in a microbatch, but the batch "
+                             "holds slices (seq_num_tokens: context parallelism)")
 
-        sur = clipped_surrogate(logp, old, adv_tok, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
-        per_token = sur.loss
+        ratio = importance_ratios(logp, old, mask, cfg.importance_level)
+        sur = surrogate_from_ratio(ratio, adv_tok, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
+        pg = sur.loss
         kl = None
         if cfg.kl_coef > 0:
             ref = clean(_require(batch, "ref_logprobs", f"kl_coef={cfg.kl_coef} > 0").detach())
             kl = kl_penalty(logp, ref, cfg.kl_estimator)
-            per_token = per_token + cfg.kl_coef * kl
         elif batch.get("ref_logprobs") is not None:
             ref = clean(batch["ref_logprobs"].detach())
         else:
             ref = None
 
         rollout = batch.get("rollout_logprobs")
-        if (cfg.tis or cfg.mismatch_mask) and rollout is None:
-            raise KeyError("GRPOLoss: batch['rollout_logprobs'] is required (tis or mismatch_mask is on)")
-        weight = None
-        if rollout is not None:
-            rollout = clean(rollout.detach())
-            if cfg.tis:
-                weight = truncated_is_weight(old, rollout, cfg.tis_cap)
-            if cfg.mismatch_mask:
-                keep = ((old - rollout).abs() <= cfg.mismatch_token_threshold).to(logprobs.dtype)
-                weight = keep if weight is None else weight * keep
-        if weight is not None:
-            per_token = per_token * weight
+        if (cfg.tis or cfg.mismatch_mask or cfg.mismatch_seq_mask) and rollout is None:
+            raise KeyError("GRPOLoss: batch['rollout_logprobs'] is required (tis, mismatch_mask or a sequence "
+                           "mismatch bound is on)")
+        corr = mismatch_correction(cfg, old, clean(rollout.detach()), mask) if rollout is not None else None
+        w = corr.is_weight if corr is not None else None
+        kl_term = None if kl is None else cfg.kl_coef * (kl * w if (w is not None and cfg.tis_on_kl) else kl)
+        per_token = pg * w if w is not None else pg
+        if kl_term is not None:
+            per_token = per_token + kl_term
+        if corr is not None and corr.keep is not None:
+            per_token = per_token * corr.keep
 
         loss = aggregate_loss(per_token, mask, cfg.loss_agg_mode, global_num_seqs=batch.get("global_num_seqs"),
                               global_num_tokens=batch.get("global_num_tokens"), norm_constant=self.norm_constant,
                               seq_num_tokens=batch.get("seq_num_tokens"))
 
         with torch.no_grad():
-            metrics = self._metrics(mask, sur, kl, logp, ref, adv, seq_level, old, rollout, batch.get("entropy"))
+            metrics = self._metrics(mask, sur, kl, logp, ref, adv, seq_level, batch.get("entropy"))
+            if corr is not None:
+                metrics.update(corr.metrics)
         return loss, metrics
 
-    def _metrics(self, mask, sur, kl, logp, ref, adv, seq_level, old, rollout, entropy) -> dict[str, Tensor]:
+    def _metrics(self, mask, sur, kl, logp, ref, adv, seq_level, entropy) -> dict[str, Tensor]:
         cfg = self.cfg
         lengths = mask.sum(-1)
         has_tokens = lengths > 0
@@ -162,10 +174,4 @@ class GRPOLoss:
             m["adv/sq_mean"] = masked_mean_metric(a * a, mask)
         if entropy is not None:
             m["entropy/mean"] = masked_mean_metric(entropy, mask)
-        if rollout is not None:
-            m.update(mismatch_metrics(old, rollout, mask, cfg.mismatch_token_threshold))
-            if cfg.tis:
-                raw = torch.exp((old - rollout).clamp(max=20.0))
-                m["mismatch/tis_weight_mean"] = masked_mean_metric(raw.clamp(max=cfg.tis_cap), mask)
-                m["mismatch/tis_truncated_frac"] = masked_mean_metric((raw > cfg.tis_cap).float(), mask)
         return m

@@ -46,8 +46,14 @@ def clipped_surrogate(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor
                       eps_high: float = 0.2, dual_clip_c: Optional[float] = None) -> SurrogateOut:
     """Per-token clipped surrogate loss (see the module doc). ``advantages`` broadcasts against
     ``logprobs`` (pass ``[B, 1]`` for sequence-level advantages, ``[B, T]`` for token-level)."""
-    adv = advantages.detach().to(logprobs.dtype)
-    ratio = importance_ratio(logprobs, old_logprobs)
+    return surrogate_from_ratio(importance_ratio(logprobs, old_logprobs), advantages, eps_low, eps_high, dual_clip_c)
+
+
+def surrogate_from_ratio(ratio: Tensor, advantages: Tensor, eps_low: float = 0.2, eps_high: float = 0.2,
+                         dual_clip_c: Optional[float] = None) -> SurrogateOut:
+    """The clipped surrogate of any importance ratio ``[B, T]`` (per token, or GSPO's sequence ratio written
+    on every token of its sequence, :mod:`.gspo`); the gradient flows through ``ratio``."""
+    adv = advantages.detach().to(ratio.dtype)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
     loss = torch.maximum(unclipped, clipped)

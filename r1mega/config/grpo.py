@@ -4,8 +4,8 @@ Defaults follow the DeepSeek-R1 recipe (see /work/shared/notes/anchors.md, "The 
 size 16, 32 prompts per step, temperature 1.0, KL coefficient 0.001 with the k3 estimator,
 group mean/std advantages, sequence-mean of per-sequence token means, reference refreshed every
 400 steps. Options beyond R1 (clip-higher and dynamic sampling from DAPO, Dr.GRPO's unscaled
-advantages and constant normaliser, RLOO, dual-clip, truncated importance sampling against the
-rollout engine) are off by default.
+advantages and constant normaliser, RLOO, dual-clip, GSPO's sequence-level importance ratio, truncated
+importance sampling and token/sequence masks against the rollout engine) are off by default.
 
 About the clip range: the R1 paper reports a clip value of 10 (not verified from the PDF). Our
 ``clip_eps_low/high`` are the usual PPO epsilons (ratio clipped to [1-eps_low, 1+eps_high]); to
@@ -23,6 +23,8 @@ ADVANTAGE_MODES = ("group-norm", "group-mean", "rloo", "batch-norm")
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-sum-token-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 OLD_LOGPROBS = ("auto", "recompute")
+IMPORTANCE_LEVELS = ("token", "sequence", "sequence_token")
+TIS_LEVELS = ("token", "sequence")
 REWARD_GRANULARITIES = ("outcome", "process")
 
 
@@ -45,6 +47,7 @@ class GRPOConfig:
     clip_eps_low: float = doc(0.2, "Lower PPO clip: ratio >= 1-eps_low for negative advantages. Values >= 1 disable the lower clip (R1 reports clip 10*).")
     clip_eps_high: float = doc(0.2, "Upper PPO clip: ratio <= 1+eps_high for positive advantages. DAPO clip-higher: 0.28.")
     dual_clip_c: Optional[float] = doc(None, "Dual-clip constant c > 1: for negative advantages the per-token loss is capped at c*|A|. None = off.")
+    importance_level: str = doc("token", "Importance ratio of the clipped surrogate. 'token' (PPO/GRPO): exp(logp - old_logp) per token, clipped per token. 'sequence' (GSPO): one length-normalised ratio per sequence, s = exp(mean over its loss tokens of (logp - old_logp)), clipped per sequence (GSPO uses tiny clips, e.g. clip_eps_low=3e-4, clip_eps_high=4e-4); needs one advantage per sequence. 'sequence_token' (GSPO-token): value s, gradient through each token's own log-prob (sg[s] * pi_t / sg[pi_t]); equal to 'sequence' for sequence advantages.")
     loss_agg_mode: str = doc("seq-mean-token-mean", "'seq-mean-token-mean' (GRPO/R1), 'token-mean' (DAPO: mean over all loss tokens of the global batch), 'seq-sum-token-norm' (Dr.GRPO: token sums / loss_norm_constant, mean over sequences).")
     loss_norm_constant: Optional[float] = doc(None, "Divisor C of per-sequence token sums in 'seq-sum-token-norm'; None = rollout.max_new_tokens (given to GRPOLoss by the engine).")
     # KL to the reference
@@ -56,10 +59,14 @@ class GRPOConfig:
     minibatch_size: Optional[int] = doc(None, "Sequences per optimizer step; None = all rollouts of the step (one update: strictly on-policy, ratio = 1).")
     old_logprobs: str = doc("auto", "Where the behaviour policy's log-probs come from. 'recompute': a separate trainer forward over the rollouts before the update. 'auto': the same, unless the step makes exactly one optimizer update (ppo_epochs 1, minibatch_size None or all rollouts): the policy being trained then IS the behaviour policy, so the training forward's own log-probs (detached) serve, one forward pass fewer; the rollout/trainer mismatch check still runs before the weights change.")
     # Trainer/rollout mismatch
-    tis: bool = doc(False, "Truncated importance sampling: multiply each token's loss by min(exp(old_logp_trainer - rollout_logp), tis_cap), detached.")
+    tis: bool = doc(False, "Truncated importance sampling against the rollout engine: multiply the policy-gradient term by a detached weight min(trainer/rollout ratio, tis_cap) (per token or per sequence: tis_level).")
     tis_cap: float = doc(2.0, "Cap C of the truncated importance weight.")
+    tis_level: str = doc("token", "'token': w_t = min(exp(old_logp_t - rollout_logp_t), tis_cap). 'sequence': one weight per sequence, min(exp(mean over its loss tokens of (old_logp - rollout_logp)), tis_cap) (the geometric mean of the token ratios).")
+    tis_on_kl: bool = doc(False, "Also multiply the KL-to-reference term by the TIS weight (l = w (pg + beta kl), r1mega's behaviour before issue 19). False: only the policy-gradient term is reweighted (l = w pg + beta kl): the KL penalty is a regulariser of the trainer's policy, not an expectation under the rollout policy.")
     mismatch_token_threshold: Optional[float] = doc(None, "Per-token |old_logp_trainer - rollout_logp| above which a token counts as mismatched (metric mismatch/over_threshold_frac; the batch-level failure check is rollout.mismatch_threshold). None = off.")
     mismatch_mask: bool = doc(False, "Also drop mismatched tokens from the loss (weight 0; the global normalisers are unchanged). Needs mismatch_token_threshold.")
+    mismatch_seq_low: Optional[float] = doc(None, "Sequence-level masked importance sampling: a sequence whose geometric-mean trainer/rollout ratio exp(mean over its loss tokens of (old_logp - rollout_logp)) is below this bound is dropped from the loss (pg and KL; the global normalisers are unchanged). A number in (0, 1]; None = no lower bound.")
+    mismatch_seq_high: Optional[float] = doc(None, "Upper bound of the same sequence mask: sequences whose geometric-mean ratio is above it are dropped. A number >= 1; None = no upper bound.")
 
     @property
     def rollouts_per_step(self) -> int:
@@ -88,6 +95,8 @@ class GRPOConfig:
         check_choice(self.loss_agg_mode, LOSS_AGG_MODES, f"{where}.loss_agg_mode")
         check_choice(self.kl_estimator, KL_ESTIMATORS, f"{where}.kl_estimator")
         check_choice(self.old_logprobs, OLD_LOGPROBS, f"{where}.old_logprobs")
+        check_choice(self.importance_level, IMPORTANCE_LEVELS, f"{where}.importance_level")
+        check_choice(self.tis_level, TIS_LEVELS, f"{where}.tis_level")
         check_positive(self.adv_epsilon, f"{where}.adv_epsilon", allow_zero=True)
         check_positive(self.clip_eps_low, f"{where}.clip_eps_low", allow_zero=True)
         check_positive(self.clip_eps_high, f"{where}.clip_eps_high", allow_zero=True)
@@ -111,3 +120,22 @@ class GRPOConfig:
             check_positive(self.mismatch_token_threshold, f"{where}.mismatch_token_threshold")
         if self.mismatch_mask and self.mismatch_token_threshold is None:
             raise ConfigError(f"{where}.mismatch_mask", "got True, but mismatch_token_threshold is None; set a threshold")
+        for name, value in (("tis_level", self.tis_level != "token"), ("tis_on_kl", self.tis_on_kl)):
+            check(self.tis or not value, f"{where}.{name}", f"got {getattr(self, name)!r}, but tis is False "
+                  "(it only applies to the truncated importance weight); set grpo.tis=true or leave it at its default")
+        lo, hi = self.mismatch_seq_low, self.mismatch_seq_high
+        if lo is not None:
+            check(_number(lo) and 0 < lo <= 1, f"{where}.mismatch_seq_low",
+                  f"got {lo!r}, expected None or a number in (0, 1] (a sequence with ratio 1 matches the rollout exactly)")
+        if hi is not None:
+            check(_number(hi) and hi >= 1, f"{where}.mismatch_seq_high",
+                  f"got {hi!r}, expected None or a number >= 1 (a sequence with ratio 1 matches the rollout exactly)")
+
+    @property
+    def mismatch_seq_mask(self) -> bool:
+        """Whether sequence-level masked importance sampling is on (either bound set)."""
+        return self.mismatch_seq_low is not None or self.mismatch_seq_high is not None
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

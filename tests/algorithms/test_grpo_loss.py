@@ -182,21 +182,41 @@ def reference_loss(logp, batch, c):
     seq_terms, tok_total = [], 0.0
     for b in range(logp.shape[0]):
         s, n = 0.0, 0
+        toks = [t for t in range(logp.shape[1]) if mask[b, t]]
+        if toks:  # GSPO's sequence ratio and the geometric-mean trainer/rollout ratio of the row
+            seq_log = sum(logp[b, t] - float(old[b, t]) for t in toks) / len(toks)
+            if c.importance_level == "sequence_token":
+                seq_log = seq_log.detach()
+            geo = math.exp(sum(float(old[b, t]) - float(roll[b, t]) for t in toks) / len(toks)) if roll is not None else 1
+            if (c.mismatch_seq_low is not None and geo < c.mismatch_seq_low) or \
+                    (c.mismatch_seq_high is not None and geo > c.mismatch_seq_high):
+                toks_kept = set()
+            else:
+                toks_kept = set(toks)
         for t in range(logp.shape[1]):
             if not mask[b, t]:
                 continue
             a = float(adv[b]) if adv.dim() == 1 else float(adv[b, t])
-            r = torch.exp(logp[b, t] - float(old[b, t]))
+            if c.importance_level == "token":
+                r = torch.exp(logp[b, t] - float(old[b, t]))
+            elif c.importance_level == "sequence":
+                r = torch.exp(seq_log)
+            else:
+                r = torch.exp(seq_log + logp[b, t] - logp[b, t].detach())
             rc = min(max(r.item(), 1 - c.clip_eps_low), 1 + c.clip_eps_high)
             term = -a * r if -a * r.item() >= -a * rc else torch.tensor(-a * rc)
             if c.dual_clip_c is not None and a < 0 and term.item() > -a * c.dual_clip_c:
                 term = torch.tensor(-a * c.dual_clip_c)
+            w = 1.0
+            if c.tis:
+                w = min(math.exp(float(old[b, t]) - float(roll[b, t])) if c.tis_level == "token" else geo, c.tis_cap)
+            term = term * w
             if c.kl_coef > 0:
                 d = logp[b, t] - float(ref[b, t])  # log pi - log ref
                 kl = {"k1": d, "k2": 0.5 * d ** 2, "k3": torch.exp(-d) + d - 1}[c.kl_estimator]
-                term = term + c.kl_coef * kl
-            if c.tis:
-                term = term * min(math.exp(float(old[b, t]) - float(roll[b, t])), c.tis_cap)
+                term = term + c.kl_coef * kl * (w if c.tis_on_kl else 1.0)
+            if t not in toks_kept or (c.mismatch_mask and abs(float(old[b, t]) - float(roll[b, t])) > c.mismatch_token_threshold):
+                term = term * 0.0
             s, n = s + term, n + 1
         if n:
             tok_total = tok_total + s
@@ -232,8 +252,14 @@ VARIANTS = [
     dict(),
     dict(kl_estimator="k1", clip_eps_high=0.28),
     dict(kl_estimator="k2", dual_clip_c=1.5),
-    dict(tis=True, tis_cap=1.5, dual_clip_c=2.0),
+    dict(tis=True, tis_cap=1.5, dual_clip_c=2.0, tis_on_kl=True),
+    dict(tis=True, tis_cap=1.5, dual_clip_c=2.0),  # TIS on the policy-gradient term only (the default)
+    dict(importance_level="sequence", clip_eps_low=0.05, clip_eps_high=0.05, dual_clip_c=1.1),  # GSPO
+    dict(importance_level="sequence_token", clip_eps_low=0.05, clip_eps_high=0.05, tis=True, tis_level="sequence",
+         tis_cap=1.1),
+    dict(mismatch_token_threshold=0.5, mismatch_mask=True, mismatch_seq_low=0.9, mismatch_seq_high=1.1),
 ]
+SEEDS = [0, 1, 2, 3, 3, 0, 0, 0]  # random batches on which every variant's branches are hit
 MODES = ["seq-mean-token-mean", "token-mean", "seq-sum-token-norm"]
 
 
@@ -241,15 +267,16 @@ MODES = ["seq-mean-token-mean", "token-mean", "seq-sum-token-norm"]
 @pytest.mark.parametrize("variant", range(len(VARIANTS)))
 def test_loss_and_grad_match_reference(mode, variant):
     c = cfg(loss_agg_mode=mode, loss_norm_constant=7, **VARIANTS[variant])
-    for token_adv in (False, True):
-        logp0, batch = random_batch(variant, token_adv=token_adv)
+    for token_adv in (False, True) if c.importance_level != "sequence" else (False,):
+        logp0, batch = random_batch(SEEDS[variant], token_adv=token_adv)
         logp = logp0.clone().requires_grad_(True)
         loss, metrics = GRPOLoss(c)(logp, batch)
         (g,) = torch.autograd.grad(loss, logp)
         f = finalize_metrics(metrics)  # the random batch exercises every branch
         assert f["clip/high_frac"] > 0 and f["clip/low_frac"] + f["clip/high_frac"] < 0.5
         assert c.dual_clip_c is None or f["clip/dual_frac"] > 0
-        assert not c.tis or f["mismatch/tis_truncated_frac"] > 0
+        assert not c.tis or f.get("mismatch/tis_truncated_frac", f.get("mismatch/seq_tis_truncated_frac")) > 0
+        assert not c.mismatch_seq_mask or 0 < f["mismatch/masked_seq_frac"] < 1
         logp_ref = logp0.clone().requires_grad_(True)
         ref = reference_loss(logp_ref, batch, c)
         (g_ref,) = torch.autograd.grad(ref, logp_ref, allow_unused=True)
@@ -261,8 +288,11 @@ def test_loss_and_grad_match_reference(mode, variant):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("parts", [2, 4])
 @pytest.mark.parametrize("token_adv", [False, True])
-def test_microbatches_sum_to_global_batch(mode, parts, token_adv):
-    c = cfg(loss_agg_mode=mode, loss_norm_constant=7, tis=True, dual_clip_c=2.0, mismatch_token_threshold=0.5)
+@pytest.mark.parametrize("level", ["token", "sequence_token"])
+def test_microbatches_sum_to_global_batch(mode, parts, token_adv, level):
+    """Whole rows per microbatch (as the engine cuts them): sequence ratios, masks and metrics add up too."""
+    c = cfg(loss_agg_mode=mode, loss_norm_constant=7, tis=True, dual_clip_c=2.0, mismatch_token_threshold=0.5,
+            importance_level=level, tis_level="sequence" if level != "token" else "token", mismatch_seq_high=1.2)
     logp0, batch = random_batch(11, token_adv=token_adv)
     fn = GRPOLoss(c)
     logp = logp0.clone().requires_grad_(True)

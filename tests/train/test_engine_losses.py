@@ -31,7 +31,10 @@ def _engine(mbs: int) -> TrainEngine:
 
 @pytest.mark.parametrize("make_loss", [lambda: SFTLoss("seq-mean-token-mean"),
                                        lambda: GRPOLoss(GRPOConfig(kl_coef=0.01, loss_agg_mode="seq-mean-token-mean")),
-                                       lambda: GRPOLoss(GRPOConfig(kl_coef=0.0, loss_agg_mode="token-mean"))])
+                                       lambda: GRPOLoss(GRPOConfig(kl_coef=0.0, loss_agg_mode="token-mean")),
+                                       # GSPO with sequence-level TIS and mask: needs whole rows per microbatch
+                                       lambda: GRPOLoss(GRPOConfig(kl_coef=0.01, importance_level="sequence", tis=True,
+                                                                   tis_level="sequence", mismatch_seq_high=1.2))])
 def test_microbatching_does_not_change_the_step(make_loss):
     results = []
     for mbs in (1, 2, 4):
@@ -41,6 +44,8 @@ def test_microbatching_does_not_change_the_step(make_loss):
             lp = e.logprobs(b)
         b["old_logprobs"] = lp + 0.05 * torch.sign(b["advantages"])[:, None] * b["loss_mask"]  # ratios != 1
         b["ref_logprobs"] = lp - 0.1 * b["loss_mask"]
+        # geometric-mean trainer/rollout ratios exp(0, .1, -.05, .3): the last row is over mismatch_seq_high
+        b["rollout_logprobs"] = b["old_logprobs"] - torch.tensor([0.0, 0.1, -0.05, 0.3])[:, None] * b["loss_mask"]
         direct, _ = make_loss()(lp, {**b, "global_num_seqs": torch.tensor(4.0),
                                      "global_num_tokens": b["loss_mask"].sum()})
         st = e.train_step(b, make_loss())
