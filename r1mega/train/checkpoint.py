@@ -8,7 +8,9 @@ Layout under a run's checkpoint root::
     latest                text file naming the newest complete step directory
 
 A save writes into ``.tmp_step_<N>`` and only renames it after every rank finished and the
-marker is written, so a crash mid-save never leaves a directory that looks complete. Model and
+marker is written, so a crash mid-save never leaves a directory that looks complete; a failed write
+(full disk, I/O error) on any rank removes the partial directory and raises one line naming the step,
+the path and the OS error, with the previous checkpoint and ``latest`` untouched. Model and
 optimizer use Megatron's sharded state dicts (the distributed optimizer in its
 ``fully_reshardable`` form), so TP2 -> TP1, EP2 -> EP1, PP2 -> PP1 loads work.
 """
@@ -33,7 +35,45 @@ _OPTIM_META = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, corrupt or does not fit the model."""
+    """A checkpoint that is missing, incomplete, corrupt or does not fit the model, or a save that failed."""
+
+
+class _Failed(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _os_error(e: BaseException, seen: Optional[set] = None) -> Optional[OSError]:
+    """The OSError behind ``e``: itself, its cause or context, or a rank's failure inside a CheckpointException."""
+    seen = seen if seen is not None else set()
+    if e is None or id(e) in seen:
+        return None
+    seen.add(id(e))
+    if isinstance(e, OSError):
+        return e
+    inner = [e.__cause__, e.__context__]
+    for failure in (getattr(e, "failures", None) or {}).values():  # {rank: (exception, traceback)}
+        inner.append(failure[0] if isinstance(failure, tuple) else failure)
+    for x in inner:
+        if isinstance(x, BaseException):
+            found = _os_error(x, seen)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(e: BaseException) -> str:
+    """One line: the OS error with its path when there is one (``[Errno 28] No space left on device: 'PATH'``)."""
+    os_err = _os_error(e)
+    if os_err is not None:
+        return f"{type(os_err).__name__}: {os_err}"
+    failures = getattr(e, "failures", None)  # a CheckpointException: its first rank's own error (passed on as text)
+    if failures:
+        rank, failure = next(iter(failures.items()))
+        return _describe(failure[0] if isinstance(failure, tuple) else failure)
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
 
 
 def _rank() -> int:
@@ -111,14 +151,47 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ save
     def save(self, engine, step: int, extra: Optional[dict] = None) -> Path:
-        """Collective: every rank calls it. ``extra`` (data position, stage state) must be JSON-able."""
-        from megatron.core import dist_checkpointing
+        """Collective: every rank calls it. ``extra`` (data position, stage state) must be JSON-able.
+
+        A failed write (a full disk, an I/O error) on any rank raises :class:`CheckpointError` on every rank, naming
+        the step, the path and the OS error, after removing the partial ``.tmp_step_<N>``: the previous checkpoint
+        and ``latest`` are untouched (everything is written before anything is renamed)."""
+        from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException
 
         tmp = self.root / f".tmp_step_{step}"
+        final = self.step_dir(step)
+        previous = self.latest()
+        stage = "preparing"
+        try:
+            if _rank() == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self._check(None)
+            stage = "writing"
+            self._write(engine, tmp)
+            self._check(None)
+            stage = "completing"
+            if _rank() == 0:
+                self._complete(engine, step, extra, tmp, final)
+            self._check(None)
+        except _Failed as e:  # another rank's failure
+            self._give_up(step, tmp, previous, e.message)
+        except (Exception, TorchCheckpointException) as e:  # ours (the torch one is a BaseException): tell the others
+            message = f"rank {_rank()}, {stage}: {_describe(e)}"
+            try:
+                self._check(message)
+            except _Failed as first:
+                message = first.message
+            self._give_up(step, tmp, previous, message)
         if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            self._prune()
         _barrier()
+        return final
+
+    @staticmethod
+    def _write(engine, tmp: Path) -> None:
+        from megatron.core import dist_checkpointing
+
         sd = _model_sharded(engine)
         if engine.optimizer is not None:
             megatron_noapex.materialise_adam_state(engine.optimizer)  # a never-stepped optimizer
@@ -126,24 +199,47 @@ class CheckpointManager:
         dist_checkpointing.save(sd, str(tmp), content_metadata=_OPTIM_META)
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save(_rng_state(), tmp / "rng" / f"rank_{_rank()}.pt")
-        _barrier()
-        final = self.step_dir(step)
+
+    def _complete(self, engine, step: int, extra: Optional[dict], tmp: Path, final: Path) -> None:
+        """Rank 0, once every rank's shards are written: the marker and the new pointer are written (and synced)
+        first, then the directory and the pointer are renamed, which needs no space."""
+        meta = {"step": step, "extra": extra or {}, "layout": _layout(engine),
+                "model": dataclasses.asdict(engine.model_cfg),
+                "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None}
+        with open(tmp / META, "w") as f:
+            json.dump(meta, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        pointer_tmp = self.root / "latest.tmp"
+        with open(pointer_tmp, "w") as f:
+            f.write(final.name)
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        os.replace(pointer_tmp, self.root / "latest")
+
+    @staticmethod
+    def _check(message: Optional[str]) -> None:
+        """Collective: every rank says whether it failed (``message``); raises :class:`_Failed` with the first
+        failure on every rank if any did."""
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            messages = [None] * dist.get_world_size()
+            dist.all_gather_object(messages, message)
+            message = next((m for m in messages if m is not None), None)
+        if message is not None:
+            raise _Failed(message)
+
+    def _give_up(self, step: int, tmp: Path, previous: Optional[Path], message: str) -> None:
         if _rank() == 0:
-            meta = {"step": step, "extra": extra or {}, "layout": _layout(engine),
-                    "model": dataclasses.asdict(engine.model_cfg),
-                    "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None}
-            with open(tmp / META, "w") as f:
-                json.dump(meta, f, indent=1, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            pointer_tmp = self.root / "latest.tmp"
-            pointer_tmp.write_text(final.name)
-            os.replace(pointer_tmp, self.root / "latest")
-            self._prune()
-        _barrier()
-        return final
+            shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs
+            try:
+                (self.root / "latest.tmp").unlink()
+            except OSError:
+                pass
+        kept = f"'latest' still names {previous.name}" if previous is not None else "no earlier checkpoint"
+        raise CheckpointError(f"saving checkpoint step {step} to {self.step_dir(step)} failed ({message}); "
+                              f"partial {tmp.name} removed, {kept}")
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
