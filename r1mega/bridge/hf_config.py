@@ -1,8 +1,9 @@
 """ModelConfig <-> Hugging Face ``config.json``.
 
 DeepSeek-V3 (``arch: deepseek_v3``) <-> ``DeepseekV3ForCausalLM`` in the published format
-(``rope_theta`` + legacy ``rope_scaling``; transformers 5 and vLLM read it), dense students
-(``arch: dense``) <-> ``LlamaForCausalLM`` (no biases, like the Megatron dense builder).
+(``rope_theta`` + legacy ``rope_scaling``; transformers 5 and vLLM read it); dense models (``arch: dense``)
+<-> ``LlamaForCausalLM`` (no biases; Llama 3 ``rope_scaling``), ``Qwen2ForCausalLM`` (``qkv_bias``) or
+``Qwen3ForCausalLM`` (``qk_norm``); Mistral configs import as Llama.
 Settings Megatron cannot express raise :class:`~r1mega.config.base.ConfigError` naming the key.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from r1mega.config.base import ConfigError
-from r1mega.config.model import ModelConfig
+from r1mega.config.model import LLAMA3_ROPE_KEYS, ModelConfig, check_llama3_rope
 
 _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -49,9 +50,18 @@ def to_hf_config(m: ModelConfig, dtype: Optional[str] = None, extra: Optional[di
                   rope_theta=m.rope_theta, initializer_range=m.init_std, tie_word_embeddings=m.tie_word_embeddings,
                   attention_bias=False, attention_dropout=0.0, use_cache=True, torch_dtype=_TORCH_DTYPES[dtype])
     if m.arch == "dense":
-        cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", **common,
+        family = dense_family(m)
+        cfg = dict(architectures=[_DENSE_CLASSES[family]], model_type=family, **common,
                    num_key_value_heads=m.num_key_value_heads or m.num_attention_heads,
-                   head_dim=m.head_dim or m.hidden_size // m.num_attention_heads, mlp_bias=False, rope_scaling=None)
+                   head_dim=m.head_dim or m.hidden_size // m.num_attention_heads,
+                   rope_scaling={"rope_type": "llama3", **{k: m.rope_scaling[k] for k in LLAMA3_ROPE_KEYS}}
+                   if m.rope_scaling else None)
+        if family == "llama":
+            cfg["mlp_bias"] = False
+        else:  # Qwen2 has q/k/v biases by construction (no attention_bias key); both: full attention everywhere
+            if family == "qwen2":
+                del cfg["attention_bias"]
+            cfg.update(use_sliding_window=False, sliding_window=None, max_window_layers=m.num_layers)
         return {**cfg, **(extra or {})}
     if m.is_moe and m.scoring_func != "sigmoid":
         raise ConfigError("model.scoring_func", "only sigmoid routing (DeepSeek-V3) exports to DeepseekV3ForCausalLM")
@@ -71,6 +81,48 @@ def to_hf_config(m: ModelConfig, dtype: Optional[str] = None, extra: Optional[di
     return {**cfg, **(extra or {})}
 
 
+_DENSE_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_MODEL_TYPES = ("deepseek_v3", "llama", "mistral", "qwen2", "qwen3")
+
+
+def dense_family(m: ModelConfig) -> str:
+    """The Hugging Face model_type a dense ModelConfig exports as: qwen3 (q/k norm), qwen2 (q/k/v biases), llama."""
+    return "qwen3" if m.qk_norm else "qwen2" if m.qkv_bias else "llama"
+
+
+def _dense_rope(rope: Optional[dict]) -> Optional[dict]:
+    """Llama 3 RoPE scaling (the four keys), None for plain RoPE; other types are refused."""
+    kind = (rope or {}).get("rope_type", (rope or {}).get("type"))
+    if kind in (None, "default"):
+        return None
+    if kind != "llama3":
+        raise ConfigError("config.json:rope_scaling", f"rope type {kind!r} is not supported for dense models "
+                          "(only llama3 or none)")
+    missing = [k for k in LLAMA3_ROPE_KEYS if k not in rope]
+    if missing:
+        raise ConfigError(f"config.json:rope_scaling.{missing[0]}", "missing (llama3 scaling needs "
+                          f"{', '.join(LLAMA3_ROPE_KEYS)})")
+    out = {"rope_type": "llama3", **{k: rope[k] for k in LLAMA3_ROPE_KEYS}}
+    check_llama3_rope(out, "config.json:rope_scaling")
+    return out
+
+
+def _dense_attention(d: dict, mt: str) -> dict:
+    """qkv_bias / qk_norm from a dense config.json; biases and windows Megatron cannot express are refused."""
+    window = d.get("use_sliding_window") or (mt == "mistral" and d.get("sliding_window"))  # Qwen: off unless used
+    if window or any(t != "full_attention" for t in d.get("layer_types") or ()):
+        key = ("use_sliding_window" if d.get("use_sliding_window") else "sliding_window") if window else "layer_types"
+        raise ConfigError(f"config.json:{key}", f"{d[key]!r}: sliding-window attention is not supported "
+                          "(full causal attention only)")
+    if mt == "qwen2":  # q/k/v biases always, no o_proj bias
+        return dict(qkv_bias=True)
+    if d.get("attention_bias") or d.get("mlp_bias"):
+        key = "attention_bias" if d.get("attention_bias") else "mlp_bias"
+        raise ConfigError(f"config.json:{key}", f"true is not supported for {mt} (the Megatron builder has no "
+                          "o_proj/MLP biases; Qwen2's q/k/v biases come with model_type qwen2)")
+    return dict(qk_norm=mt == "qwen3")
+
+
 def _get(d: dict, key: str, default=None, required: bool = True):
     if key in d:
         return d[key]
@@ -82,12 +134,14 @@ def _get(d: dict, key: str, default=None, required: bool = True):
 def from_hf_config(d: dict, params_dtype: Optional[str] = None) -> ModelConfig:
     """A ModelConfig from a ``config.json`` dict (DeepSeek-V3 family or Llama-like dense)."""
     mt = d.get("model_type")
-    if mt not in ("llama", "mistral", "deepseek_v3"):  # before any other field: the architecture decides them
-        raise ConfigError("config.json:model_type", f"{mt!r} is not supported (deepseek_v3, llama, mistral)")
+    if mt not in _MODEL_TYPES:  # before any other field: the architecture decides them
+        raise ConfigError("config.json:model_type", f"{mt!r} is not supported ({', '.join(_MODEL_TYPES)})")
     dtype = params_dtype or _TORCH_DTYPES.get(str(d.get("torch_dtype", d.get("dtype"))), "float32")
     if d.get("hidden_act", "silu") != "silu":
         raise ConfigError("config.json:hidden_act", f"{d['hidden_act']!r} is not supported (only silu)")
-    if d.get("attention_bias") or d.get("mlp_bias"):
+    dense = mt != "deepseek_v3"
+    attention = _dense_attention(d, mt) if dense else {}
+    if not dense and (d.get("attention_bias") or d.get("mlp_bias")):
         raise ConfigError("config.json:attention_bias", "biases are not supported by the Megatron builder")
     rope = d.get("rope_scaling") or d.get("rope_parameters")
     theta = d.get("rope_theta", (d.get("rope_parameters") or {}).get("rope_theta", 10000.0))
@@ -98,10 +152,9 @@ def from_hf_config(d: dict, params_dtype: Optional[str] = None) -> ModelConfig:
                   rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
                   tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
                   init_std=float(d.get("initializer_range", 0.02)), params_dtype=dtype)
-    if mt in ("llama", "mistral"):
-        if _yarn(rope) is not None:
-            raise ConfigError("config.json:rope_scaling", "rope scaling is not supported for dense models")
-        m = ModelConfig(arch="dense", **common, num_key_value_heads=d.get("num_key_value_heads"),
+    if dense:
+        m = ModelConfig(arch="dense", **common, **attention, rope_scaling=_dense_rope(rope),
+                        num_key_value_heads=d.get("num_key_value_heads"),
                         head_dim=d.get("head_dim"), n_routed_experts=0, first_k_dense_replace=common["num_layers"],
                         num_nextn_predict_layers=0)
         m.validate()

@@ -16,7 +16,8 @@ A table is built for one :class:`~r1mega.config.model.ModelConfig` and lists eve
 Layouts: ``copy`` (same tensor), ``vocab`` (padded rows sliced off), ``glu`` (Megatron
 ``linear_fc1`` = [gate; up] -> ``gate_proj``, ``up_proj``; under TP each rank holds
 [gate_shard; up_shard]), ``qkv`` (Megatron ``linear_qkv`` interleaves per query group
-[q (heads/groups heads), k, v] -> ``q_proj``, ``k_proj``, ``v_proj``).
+[q (heads/groups heads), k, v] -> ``q_proj``, ``k_proj``, ``v_proj``; the same for Qwen2's
+``linear_qkv.bias``).
 
 MLA needs no permutation: Megatron's MLA RoPE (``multi_latent_attention=True``) de-interleaves
 the rope dims ``[x0, x2, ..., x1, x3, ...]`` before rotating, exactly what transformers does
@@ -82,10 +83,17 @@ def _mla_rules(m: ModelConfig) -> list:
 def _gqa_rules(m: ModelConfig) -> list:
     h, n = m.hidden_size, m.num_attention_heads
     kv, d = m.num_key_value_heads or n, m.head_dim or m.hidden_size // n
-    return [
+    qkv = ("self_attn.q_proj.{}", "self_attn.k_proj.{}", "self_attn.v_proj.{}")
+    rules = [
         ("input_layernorm.weight", ("input_layernorm.weight",), (h,), None, "copy"),
-        ("self_attention.linear_qkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-         ((n + 2 * kv) * d, h), 0, "qkv"),
+        ("self_attention.linear_qkv.weight", tuple(q.format("weight") for q in qkv), ((n + 2 * kv) * d, h), 0, "qkv"),
+    ]
+    if m.qkv_bias:  # Qwen2: q/k/v biases, grouped and TP-sharded like the weight's rows
+        rules.append(("self_attention.linear_qkv.bias", tuple(q.format("bias") for q in qkv), ((n + 2 * kv) * d,), 0, "qkv"))
+    if m.qk_norm:  # Qwen3: one RMSNorm over the head dim, shared by all heads
+        rules += [("self_attention.q_layernorm.weight", ("self_attn.q_norm.weight",), (d,), None, "copy"),
+                  ("self_attention.k_layernorm.weight", ("self_attn.k_norm.weight",), (d,), None, "copy")]
+    return rules + [
         ("self_attention.linear_proj.weight", ("self_attn.o_proj.weight",), (h, n * d), 1, "copy"),
         ("pre_mlp_layernorm.weight", ("post_attention_layernorm.weight",), (h,), None, "copy"),
     ]
@@ -202,10 +210,11 @@ def to_hf(e: Entry, full: torch.Tensor, m: ModelConfig) -> list:
         return [full[:m.vocab_size]]
     if e.layout == "glu":
         return list(full.chunk(2, dim=0))
-    if e.layout == "qkv":
+    if e.layout == "qkv":  # a weight [rows, h] or a bias [rows]
         g, q, d = _qkv_sizes(m)
-        grouped = full.view(g, q + 2 * d, -1)
-        return [p.reshape(-1, full.shape[-1]) for p in grouped.split([q, d, d], dim=1)]
+        rest = tuple(full.shape[1:])
+        grouped = full.view(g, q + 2 * d, *rest)
+        return [p.reshape(-1, *rest) for p in grouped.split([q, d, d], dim=1)]
     raise BridgeError(f"{e.megatron}: unknown layout {e.layout!r}")
 
 
@@ -221,8 +230,9 @@ def from_hf(e: Entry, parts: list, m: ModelConfig) -> torch.Tensor:
         return torch.cat(parts, dim=0)
     if e.layout == "qkv":
         g, q, d = _qkv_sizes(m)
-        h = parts[0].shape[-1]
-        return torch.cat([parts[0].view(g, q, h), parts[1].view(g, d, h), parts[2].view(g, d, h)], dim=1).reshape(-1, h)
+        rest = tuple(parts[0].shape[1:])
+        return torch.cat([parts[0].view(g, q, *rest), parts[1].view(g, d, *rest), parts[2].view(g, d, *rest)],
+                         dim=1).reshape(-1, *rest)
     raise BridgeError(f"{e.megatron}: unknown layout {e.layout!r}")
 
 

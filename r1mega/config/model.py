@@ -24,6 +24,8 @@ class ModelConfig:
     num_attention_heads: int = doc(4, "Attention heads.")
     num_key_value_heads: Optional[int] = doc(None, "KV heads for dense GQA attention (None = num_attention_heads). Ignored by MLA.")
     head_dim: Optional[int] = doc(None, "Head size for dense attention (None = hidden_size / heads). Ignored by MLA.")
+    qkv_bias: bool = doc(False, "Dense attention: biases on the q/k/v projections, none on the output projection (Qwen2 / Qwen2.5; exports as Qwen2ForCausalLM).")
+    qk_norm: bool = doc(False, "Dense attention: per-head RMSNorm on queries and keys before RoPE (Qwen3; exports as Qwen3ForCausalLM).")
     max_position_embeddings: int = doc(1024, "Longest sequence the RoPE tables are built for.")
     rms_norm_eps: float = doc(1e-6, "RMSNorm epsilon.")
     tie_word_embeddings: bool = doc(False, "Share input embedding and output layer weights.")
@@ -35,7 +37,7 @@ class ModelConfig:
     qk_rope_head_dim: int = doc(32, "Per-head query/key dimension carrying RoPE (shared across heads for keys).")
     v_head_dim: int = doc(32, "Per-head value dimension.")
     rope_theta: float = doc(10000.0, "RoPE base.")
-    rope_scaling: Optional[dict] = doc(None, "YaRN scaling, as in HF config: {type: yarn, factor, original_max_position_embeddings, beta_fast, beta_slow, mscale, mscale_all_dim}; None = plain RoPE.")
+    rope_scaling: Optional[dict] = doc(None, "RoPE scaling, as in HF config; None = plain RoPE. MLA: YaRN {type: yarn, factor, original_max_position_embeddings, beta_fast, beta_slow, mscale, mscale_all_dim}; dense: Llama 3 {rope_type: llama3, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}.")
     # DeepSeekMoE
     first_k_dense_replace: int = doc(1, "The first k layers use a dense FFN; the rest are MoE.")
     n_routed_experts: int = doc(8, "Routed experts per MoE layer (0 = dense model).")
@@ -94,6 +96,10 @@ class ModelConfig:
         check_choice(self.fp8, (None, "e4m3", "hybrid"), f"{where}.fp8")
         check_choice(self.fp8_recipe, ("delayed", "tensorwise", "blockwise", "mxfp8"), f"{where}.fp8_recipe")
         if self.arch == "dense":
+            check(not (self.qkv_bias and self.qk_norm), f"{where}.qk_norm",
+                  "qkv_bias (Qwen2) and qk_norm (Qwen3) together match no supported Hugging Face architecture")
+            if self.rope_scaling is not None:
+                check_llama3_rope(self.rope_scaling, f"{where}.rope_scaling")
             kv = self.num_key_value_heads or self.num_attention_heads
             check(self.num_attention_heads % kv == 0, f"{where}.num_key_value_heads",
                   f"{kv} does not divide num_attention_heads={self.num_attention_heads}")
@@ -101,6 +107,8 @@ class ModelConfig:
                 check(self.hidden_size % self.num_attention_heads == 0, f"{where}.num_attention_heads",
                       f"{self.num_attention_heads} does not divide hidden_size={self.hidden_size}; set head_dim")
             return
+        for name in ("qkv_bias", "qk_norm"):
+            check(not getattr(self, name), f"{where}.{name}", "is for dense attention (arch: dense); MLA has no such option")
         for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
             check_positive(getattr(self, name), f"{where}.{name}")
         if self.q_lora_rank is not None:
@@ -129,3 +137,17 @@ class ModelConfig:
             per_group = self.n_routed_experts // groups
             check(self.num_experts_per_tok <= self.topk_group * per_group, f"{where}.num_experts_per_tok",
                   f"top-{self.num_experts_per_tok} cannot be chosen from {self.topk_group} groups of {per_group} experts")
+
+
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_llama3_rope(rope, where: str) -> None:
+    """Dense models take Llama 3 RoPE scaling only (the frequency bands of Llama 3.1/3.2/3.3)."""
+    kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    check(kind == "llama3", where, f"got {rope!r}, expected None or a dict with rope_type: llama3 (dense models)")
+    for key in LLAMA3_ROPE_KEYS:
+        check(isinstance(rope.get(key), (int, float)) and not isinstance(rope.get(key), bool) and rope[key] > 0,
+              f"{where}.{key}", f"got {rope.get(key)!r}, expected a positive number")
+    check(rope["high_freq_factor"] > rope["low_freq_factor"], f"{where}.high_freq_factor",
+          f"got {rope['high_freq_factor']}, expected more than low_freq_factor={rope['low_freq_factor']}")

@@ -30,7 +30,7 @@ META = "r1mega_meta.json"  # as r1mega.train.checkpoint.META (not imported: that
 
 _COMMON = ("arch", "vocab_size", "hidden_size", "num_layers", "intermediate_size", "num_attention_heads",
            "tie_word_embeddings")
-_DENSE = ("num_key_value_heads", "head_dim")
+_DENSE = ("num_key_value_heads", "head_dim", "qkv_bias", "qk_norm")
 _MLA = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 _MOE = ("first_k_dense_replace", "n_routed_experts", "n_shared_experts", "moe_intermediate_size")
 

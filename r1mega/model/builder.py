@@ -2,7 +2,8 @@
 
 DeepSeek-V3 architecture -> ``MLATransformerConfig`` (multi-latent attention, DeepSeekMoE with
 shared + routed experts, sigmoid router with aux-loss-free expert bias, group-limited routing,
-multi-token prediction); ``arch: dense`` -> a GQA + SwiGLU GPT (distillation students).
+multi-token prediction); ``arch: dense`` -> a GQA + SwiGLU GPT (Llama, with Llama 3 RoPE scaling; Qwen2's
+q/k/v biases; Qwen3's per-head q/k RMSNorm).
 
 Layer specs: Transformer Engine specs (with the FP8 options) when TE and CUDA are present, local
 Megatron-Core specs otherwise; the same ModelConfig either way. The platform layer decides which.
@@ -113,7 +114,8 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, **extra):
     if m.arch == "dense":
         kv = m.num_key_value_heads or m.num_attention_heads
         return TransformerConfig(**common, num_query_groups=kv,
-                                 kv_channels=m.head_dim or m.hidden_size // m.num_attention_heads)
+                                 kv_channels=m.head_dim or m.hidden_size // m.num_attention_heads,
+                                 add_qkv_bias=m.qkv_bias, qk_layernorm=m.qk_norm)
     return MLATransformerConfig(
         **common, **_moe_kwargs(m, p), **_rope_kwargs(m),
         q_lora_rank=m.q_lora_rank, kv_lora_rank=m.kv_lora_rank, qk_head_dim=m.qk_nope_head_dim,
@@ -121,6 +123,28 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, **extra):
         rotary_interleaved=False,
         mtp_num_layers=m.num_nextn_predict_layers or None, mtp_loss_scaling_factor=m.mtp_loss_scaling_factor,
     )
+
+
+def _dense_rope_kwargs(m: ModelConfig) -> dict:
+    """GPTModel's RoPE arguments for a dense model: Llama 3 scaling switched on with its factor."""
+    if m.arch != "dense" or m.rope_scaling is None:
+        return {}
+    return dict(rope_scaling=True, rope_scaling_factor=float(m.rope_scaling["factor"]))
+
+
+def _apply_llama3_bands(model, m: ModelConfig) -> None:
+    """Megatron's RotaryEmbedding applies Llama 3 scaling with its ``factor`` but fixed bands
+    (``low_freq_factor`` 1, ``high_freq_factor`` 4, ``original_max_position_embeddings`` 8192, the
+    published Llama 3.x values): redo it from the unscaled frequencies with the config's bands, through
+    the same Megatron method, so any Llama 3 config (and a tiny test model) gets exactly its own."""
+    rot = getattr(model, "rotary_pos_emb", None)
+    if m.arch != "dense" or m.rope_scaling is None or rot is None:
+        return
+    s, dim = m.rope_scaling, m.head_dim or m.hidden_size // m.num_attention_heads
+    base = 1.0 / (int(m.rope_theta) ** (torch.arange(0, dim, 2, dtype=torch.float32, device=rot.inv_freq.device) / dim))
+    rot.inv_freq = rot._apply_scaling(base, factor=float(s["factor"]), low_freq_factor=float(s["low_freq_factor"]),
+                                      high_freq_factor=float(s["high_freq_factor"]),
+                                      original_max_position_embeddings=float(s["original_max_position_embeddings"]))
 
 
 def _layer_specs(config, use_te: bool, vp_stage: Optional[int]):
@@ -163,8 +187,9 @@ def build_model(m: ModelConfig, p: ParallelConfig, mtp: Optional[bool] = None, *
             max_sequence_length=m.max_position_embeddings, pre_process=first, post_process=last,
             share_embeddings_and_output_weights=m.tie_word_embeddings,
             position_embedding_type="rope", rotary_base=int(m.rope_theta),
-            mtp_block_spec=mtp_spec if last else None, vp_stage=vp_stage,
+            mtp_block_spec=mtp_spec if last else None, vp_stage=vp_stage, **_dense_rope_kwargs(m),
         )
+        _apply_llama3_bands(model, m)
         model.to(platform.device())
         chunks.append(model)
     return chunks

@@ -78,7 +78,8 @@ def attention_params(m: ModelConfig) -> tuple[int, int]:
     if m.arch == "dense":
         hd = m.head_dim or h // nh
         kv = m.num_key_value_heads or nh
-        return h * (nh + 2 * kv) * hd + nh * hd * h, 0
+        bias = (nh + 2 * kv) * hd if m.qkv_bias else 0  # Qwen2's q/k/v biases
+        return h * (nh + 2 * kv) * hd + bias + nh * hd * h, 2 * hd if m.qk_norm else 0  # Qwen3's q/k norms
     qk = m.qk_nope_head_dim + m.qk_rope_head_dim
     if m.q_lora_rank:
         q, q_norm = h * m.q_lora_rank + m.q_lora_rank * nh * qk, m.q_lora_rank
