@@ -42,7 +42,7 @@ class GRPOConfig:
                                              "r1mega.algorithms.process_advantages) is refused: no reward of the "
                                              "pipeline scores reasoning steps yet.")
     dynamic_sampling: bool = doc(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts until the batch is full.")
-    dynamic_sampling_max_rounds: int = doc(4, "Extra generation rounds dynamic sampling may run before training on a partly filled batch.")
+    dynamic_sampling_max_rounds: int = doc(4, "Generation rounds dynamic sampling may run; when they run out, the step trains on the kept groups, trimmed to the most that split evenly over the data-parallel ranks and the step's minibatches (r1mega.algorithms.dynamic_sampling).")
     # Policy loss
     clip_eps_low: float = doc(0.2, "Lower PPO clip: ratio >= 1-eps_low for negative advantages. Values >= 1 disable the lower clip (R1 reports clip 10*).")
     clip_eps_high: float = doc(0.2, "Upper PPO clip: ratio <= 1+eps_high for positive advantages. DAPO clip-higher: 0.28.")
@@ -73,9 +73,13 @@ class GRPOConfig:
         return self.prompts_per_step * self.group_size
 
     @property
+    def num_minibatches(self) -> int:
+        """Optimizer updates per pass over a step's rollouts (a short dynamic-sampling batch makes as many)."""
+        return self.rollouts_per_step // (self.minibatch_size or self.rollouts_per_step)
+
+    @property
     def updates_per_step(self) -> int:
-        mb = self.minibatch_size or self.rollouts_per_step
-        return self.ppo_epochs * (self.rollouts_per_step // mb)
+        return self.ppo_epochs * self.num_minibatches
 
     @property
     def reuse_old_logprobs(self) -> bool:
