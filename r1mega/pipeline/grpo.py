@@ -75,7 +75,7 @@ class GRPOStage:
         from r1mega.rollout import Sampling, make_engine
         from r1mega.train.checkpoint import CheckpointManager
         from r1mega.train.engine import TrainEngine
-        from r1mega.train.entry import load_tokenizer_for, resolve_init_checkpoint
+        from r1mega.train.entry import _rank0, load_tokenizer_for, resolve_init_checkpoint
 
         self.cfg, self.stage = cfg, stage
         # users' prompt files are read and checked before anything starts (a bad row fails in seconds)
@@ -99,16 +99,16 @@ class GRPOStage:
             self.start = resumed["step"]
         elif init is not None:
             self.ckpt.load(self.policy, init, load_optimizer=False)
-        self.ref = None
-        if g.kl_coef > 0:
-            self.ref = TrainEngine(cfg.model, cfg.parallel, None, seed=cfg.data.seed, mtp=False,
-                                   forward_micro_batch_size=cfg.optimizer.micro_batch_size)
-            ref_src = self.ref_ckpt.latest() or init
-            if ref_src is not None:
-                self.ref_ckpt.load(self.ref, ref_src, load_optimizer=False)
-            else:
-                _copy_weights(self.policy, self.ref)
+        self.ref = self._reference(init) if g.kl_coef > 0 else None
         self.sampling = Sampling.from_config(cfg.rollout, self.renderer, n=self.G, temperature=g.temperature)
+        # top-k / top-p: the engine's log-probs are those of the renormalised (filtered) distribution, the
+        # trainer's of the full one; they differ by design, so the before-update check would stop healthy runs
+        self.check_rollout_logprobs = not self.sampling.filtered
+        if self.sampling.filtered and cfg.rollout.mismatch_threshold is not None and _rank0():
+            print(f"[r1mega] {stage.name}: rollout.top_k={cfg.rollout.top_k} / top_p={cfg.rollout.top_p} filter the "
+                  "sampling distribution, so the engine's log-probs differ from the trainer's by design: the "
+                  "before-update rollout/trainer mismatch check is skipped (its figures are still logged; "
+                  "the vLLM refit probe still checks the engine's weights)", flush=True)
         vllm = cfg.rollout.engine == "vllm"  # (the Megatron engine generates with the policy itself)
         # the largest generate call: P prompts x G (dynamic sampling's extra rounds ask for up to 2x the missing prompts)
         self.rollout = make_engine(cfg, self.policy, **({"load_trainer_weights": True} if vllm else {}),
@@ -124,6 +124,41 @@ class GRPOStage:
         self.prompts = make_prompts(cfg.data, self.tok, sources, seed=cfg.data.seed, general=True)
         if hasattr(self.prompts, "restore"):
             self.prompts.restore((resumed.get("extra") or {}).get("prompts"))
+
+    def _reference(self, init):
+        """The frozen reference policy for iteration ``self.start`` on: the stage's initial weights (the init
+        checkpoint, else the copy saved at step 0) until the first refresh (``grpo.ref_refresh_interval``), then
+        the policy of the last refresh step, saved then (the policy is checkpointed at every refresh step too)."""
+        from r1mega.train.checkpoint import CheckpointError
+        from r1mega.train.engine import TrainEngine
+
+        cfg, every = self.cfg, self.cfg.grpo.ref_refresh_interval or 0
+        last = self.start // every * every if every else 0
+        saved = self.ref_ckpt.step_dir(last)
+        if last == 0 and init is None and self.start > 0 and not saved.is_dir():
+            raise CheckpointError(
+                f"{self.stage.name}: resuming at iteration {self.start}, the KL reference must be the stage's initial "
+                f"weights, but the stage has no init checkpoint (init_from) and no saved copy of them ({saved}; a run "
+                "started by an older r1mega). Restart the stage from scratch (remove its checkpoints) or set "
+                "grpo.kl_coef=0")
+        if 0 < last < self.start and not saved.is_dir():
+            raise CheckpointError(f"{self.stage.name}: resuming at iteration {self.start}, the KL reference is the "
+                                  f"policy of its last refresh (step {last}), but {saved} is missing")
+        ref = TrainEngine(cfg.model, cfg.parallel, None, seed=cfg.data.seed, mtp=False,
+                          forward_micro_batch_size=cfg.optimizer.micro_batch_size)
+        if last == 0 and init is not None:
+            self.ref_ckpt.load(ref, init, load_optimizer=False)
+        elif last == self.start:  # a fresh start without init, or a resume exactly at a refresh: the policy
+            _copy_weights(self.policy, ref)
+            if self.start == 0:
+                self.ref_ckpt.save(ref, 0)
+        else:
+            self.ref_ckpt.load(ref, saved, load_optimizer=False)
+        return ref
+
+    def _refresh_due(self, it: int) -> bool:
+        every = self.cfg.grpo.ref_refresh_interval
+        return self.ref is not None and bool(every) and (it + 1) % every == 0
 
     def _extra(self) -> dict:
         """The checkpoint's ``extra``: the stage name and the prompt mixture's position."""
@@ -165,7 +200,9 @@ class GRPOStage:
             need = self.P - len(items)
             batch_items = self.prompts.batch(it, need if r == 0 else need * 2, offset=r)
             t = time.time()
-            ro = self.rollout.generate([b.ids for b in batch_items], self.sampling, n=self.G)
+            # seeds from (rollout.seed, iteration, round, prompt, sample): a resumed run samples what an
+            # uninterrupted one does (the engine's own call counter restarts at 0)
+            ro = self.rollout.generate([b.ids for b in batch_items], self.sampling, n=self.G, step=it * rounds + r)
             t_roll += time.time() - t
             t = time.time()
             samples = self._samples(batch_items, ro)
@@ -177,14 +214,16 @@ class GRPOStage:
                 counters[k] = counters.get(k, 0) + v
             keep = list(range(len(batch_items)))
             if g.dynamic_sampling:
-                mask = dynamic_sampling_keep(torch.tensor(totals), self.G)
+                by_group = [totals[k] for i in keep for k, c in enumerate(ro.completions) if c.prompt_index == i]
+                mask = dynamic_sampling_keep(torch.tensor(by_group), self.G)
                 keep = [i for i in range(len(batch_items)) if bool(mask[i])]
             for i in keep[:self.P - len(items)]:
+                # group i's completions with their own rewards, wherever the engine put them
+                rows = [k for k, c in enumerate(ro.completions) if c.prompt_index == i]
                 prompts.append(batch_items[i].ids)
-                for c in ro.group(i):
-                    completions.append(dataclasses.replace(c, prompt_index=len(items)))
-                rewards_all += totals[i * self.G:(i + 1) * self.G]
-                comps_all += comps[i * self.G:(i + 1) * self.G]
+                completions += [dataclasses.replace(ro.completions[k], prompt_index=len(items)) for k in rows]
+                rewards_all += [totals[k] for k in rows]
+                comps_all += [comps[k] for k in rows]
                 items.append(batch_items[i])
             if len(items) >= self.P:
                 break
@@ -246,7 +285,7 @@ class GRPOStage:
 
     # -------------------------------------------------------------- iteration
     def iteration(self, it: int) -> dict:
-        from r1mega.algorithms import advantage_metrics, finalize_metrics, group_advantages
+        from r1mega.algorithms import accumulate_metrics, advantage_metrics, finalize_metrics, group_advantages
         from r1mega.rollout import check_mismatch, mismatch_stats
 
         g, T = self.cfg.grpo, self.cfg.grpo.temperature
@@ -273,10 +312,11 @@ class GRPOStage:
         if self.ref is not None:
             local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
         t_lp = time.time() - t
+        threshold = self.cfg.rollout.mismatch_threshold if self.check_rollout_logprobs else None  # (see __init__)
         if not reuse:
             mm = mismatch_stats(local["rollout_logprobs"], local["old_logprobs"], local["loss_mask"], group=dp_group)
             # Before any update: never learn from samples of a different policy than the one trained.
-            check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=where)
+            check_mismatch(mm, threshold, where=where)
         else:  # the global loss-token count for the stats; the check itself runs inside the step
             tokens = local["loss_mask"].sum().double()
             if dp_group is not None:
@@ -286,10 +326,11 @@ class GRPOStage:
         def check_before_update(metrics: dict) -> None:
             mm.update({"mean_abs": metrics["mismatch/abs_diff_mean"], "max_abs": metrics["mismatch/abs_diff_max"],
                        "kl_k3": metrics["mismatch/k3"]})
-            check_mismatch(mm, self.cfg.rollout.mismatch_threshold, where=where)
+            check_mismatch(mm, threshold, where=where)
 
         t = time.time()
-        train_metrics: dict = {}
+        sums: dict = {}  # the loss metrics of every update of the step, combined exactly (algorithms.metrics)
+        norms, lr = [], float("nan")
         rows = local["tokens"].size(0)
         mb = self._local_minibatch(rows)
         for _ in range(g.ppo_epochs):
@@ -298,14 +339,17 @@ class GRPOStage:
                         for k, v in local.items()}
                 st = self.policy.train_step(part, self.loss_reusing_old if reuse else self.loss, temperature=T,
                                             with_entropy=True, before_update=check_before_update if reuse else None)
-                train_metrics = {**st.metrics, "grad_norm": st.grad_norm, "lr": st.lr}
+                accumulate_metrics(sums, st.sums)
+                norms.append(st.grad_norm)
+                lr = st.lr
+        train_metrics = {**finalize_metrics(sums), "grad_norm": sum(norms) / len(norms), "grad_norm_max": max(norms),
+                         "lr": lr, "updates": float(len(norms))}
         t_train = time.time() - t
         t = time.time()
         refit = self.rollout.refit(self.policy)
         t_refit = time.time() - t
-        if self.ref is not None and g.ref_refresh_interval and (it + 1) % g.ref_refresh_interval == 0:
+        if self._refresh_due(it):  # (saved by run(), after the policy's checkpoint of this step)
             _copy_weights(self.policy, self.ref)
-            self.ref_ckpt.save(self.ref, it + 1)
         lengths = torch.tensor([len(c.token_ids) for c in ro.completions], dtype=torch.float32)
         comp_means = self._reward_metrics(items, ro, r, comps)
         dt = time.time() - t0
@@ -314,7 +358,8 @@ class GRPOStage:
              "response/clipped_frac": sum(c.finish_reason == "length" for c in ro.completions) / len(ro.completions),
              **finalize_metrics(advantage_metrics(r, adv, self.G)),
              **{f"train/{k}": v for k, v in train_metrics.items()},
-             **{f"rollout_mismatch/{k}": float(v) for k, v in mm.items()}, **counters,
+             **{f"rollout_mismatch/{k}": float(v) for k, v in mm.items()},
+             "rollout_mismatch/checked": float(threshold is not None), **counters,
              "time/rollout": t_roll, "time/reward": t_rew, "time/logprob": t_lp, "time/train": t_train,
              "time/refit": t_refit, "time/step": dt, "tokens_per_s": float(lengths.sum()) / dt,
              "refit/seconds": getattr(refit, "seconds", 0.0) if refit is not None else 0.0}
@@ -339,8 +384,11 @@ class GRPOStage:
                 last = self.iteration(it)
                 log.log(it + 1, last, console=["reward/total", "accuracy", "reward/format", "reward/model",
                                                "response/length_mean", "train/kl/k3", "tokens_per_s"])
-                if (interval and (it + 1) % interval == 0) or it + 1 == steps:
+                refresh = self._refresh_due(it)
+                if (interval and (it + 1) % interval == 0) or it + 1 == steps or refresh:
                     self.ckpt.save(self.policy, it + 1, extra=self._extra())
+                    if refresh:  # after the policy: a reference save never runs ahead of the policy's checkpoints
+                        self.ref_ckpt.save(self.ref, it + 1)
                 elif stop.should_stop():
                     self.ckpt.save(self.policy, it + 1, extra=self._extra())
                     return {"stopped_at": it + 1, **last}

@@ -38,7 +38,7 @@ from r1mega.model.builder import build_model
 from r1mega.platform.distributed import init_model_parallel
 from r1mega.train.batching import microbatches, pad_batch, take_rows, trim_positions
 from r1mega.train.logprobs import vocab_parallel_logprobs
-from r1mega.train.metrics import reduce_metrics
+from r1mega.train.metrics import finalize_metrics, reduce_metric_sums, reduce_metrics
 
 LossFn = Callable[[torch.Tensor, dict], tuple]
 
@@ -49,6 +49,7 @@ class StepStats:
     grad_norm: float
     lr: float
     skipped: bool
+    sums: Optional[dict] = None  # ``metrics`` before finalising: fold several steps together with accumulate_metrics
 
 
 class TrainEngine:
@@ -252,7 +253,8 @@ class TrainEngine:
         routers = self._router_state() if before_update is not None else []
         # No trimming with MTP: its loss counts padding positions and its router takes no padding mask.
         stores, _ = self._run(batch, loss_wrapper, forward_only=False, sort=not _pairs_rows(loss_fn), trim=not self.mtp)
-        metrics = reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
+        sums = reduce_metric_sums(stores if self._is_last_stage() else [], src_last_stage=True)
+        metrics = finalize_metrics(sums)
         if before_update is not None:
             try:
                 before_update(metrics)
@@ -267,7 +269,7 @@ class TrainEngine:
             self.scheduler.step(increment=1)
         self.step += 1
         lr = self.optimizer.param_groups[0]["lr"]
-        return StepStats(metrics, float(grad_norm or 0.0), float(lr), not ok)
+        return StepStats(metrics, float(grad_norm or 0.0), float(lr), not ok, sums)
 
     def _router_state(self) -> list:
         """``(router, expert_bias, local_tokens_per_expert)`` copies of every MoE router with a load bias."""

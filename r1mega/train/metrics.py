@@ -11,21 +11,26 @@ import torch.distributed as dist
 from r1mega.algorithms.metrics import accumulate_metrics, all_reduce_metrics, finalize_metrics
 
 
-def reduce_metrics(stores: list[dict], src_last_stage: bool = True) -> dict[str, float]:
-    """``stores``: the metric dicts of this rank's microbatches (empty off the last stage)."""
+def reduce_metric_sums(stores: list[dict], src_last_stage: bool = True) -> dict:
+    """The step's metrics before :func:`finalize_metrics` (``(sum, count)`` pairs, max, min: tensors), combined
+    over this rank's microbatches and the DP group; further steps fold in exactly with ``accumulate_metrics``.
+    ``stores``: the metric dicts of this rank's microbatches (empty off the last stage)."""
     from megatron.core import parallel_state as ps
 
-    out: dict[str, float] = {}
+    acc: dict = {}
     if stores:
-        acc: dict = {}
         for m in stores:
             accumulate_metrics(acc, {k: v.detach().float().reshape(-1) for k, v in m.items() if not k.startswith("_")})
         if ps.get_data_parallel_world_size() > 1:  # (group=None would mean the whole world)
             acc = all_reduce_metrics(acc, ps.get_data_parallel_group())
-        out = finalize_metrics(acc)
     if src_last_stage and ps.get_pipeline_model_parallel_world_size() > 1:
-        box = [out]
+        box = [acc]
         dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
                                    group=ps.get_pipeline_model_parallel_group())
-        out = box[0]
-    return out
+        acc = box[0]
+    return acc
+
+
+def reduce_metrics(stores: list[dict], src_last_stage: bool = True) -> dict[str, float]:
+    """``stores``: the metric dicts of this rank's microbatches (empty off the last stage)."""
+    return finalize_metrics(reduce_metric_sums(stores, src_last_stage))
