@@ -18,6 +18,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -49,14 +50,16 @@ def randomize(engine, seed: int = 0) -> None:
 
 
 @torch.no_grad()
-def perturb(engine, seed: int, scale: float = 0.05) -> None:
-    """A stand-in for an optimizer step: relative noise on every weight matrix."""
+def perturb(engine, seed: int, scale: float = 0.05, vectors: bool = False) -> None:
+    """A stand-in for an optimizer step: relative noise on every weight matrix (``vectors``: also on
+    norms and biases)."""
     from r1mega.bridge.local import modules_of
 
     g = torch.Generator().manual_seed(seed)
     for module in modules_of(engine):
         for name, t in sorted(module.state_dict(keep_vars=True).items()):
-            if torch.is_tensor(t) and t.dim() == 2 and not name.endswith("_extra_state"):
+            if torch.is_tensor(t) and (t.dim() == 2 or vectors and t.dim() == 1 and t.is_floating_point()) \
+                    and not name.endswith("_extra_state"):
                 t.data.add_(scale * t.std() * torch.randn(t.shape, generator=g).to(t.dtype))
 
 
@@ -141,8 +144,9 @@ class EngineHost:
         lp = self.trainer.logprobs(lm_batch(seqs), temperature=temperature)
         return [lp[i, :len(s) - 1].tolist() for i, s in enumerate(seqs)]
 
-    def hf_logprobs(self, seqs: list) -> list:
-        """transformers' own model (fp32) on the bridge's export of the trainer's weights."""
+    def hf_logprobs(self, seqs: list, config_changes: Optional[dict] = None) -> list:
+        """transformers' own model (fp32) on the bridge's export of the trainer's weights (``config_changes``:
+        keys replaced in its config.json, e.g. to show what a setting is worth)."""
         import transformers
         from safetensors.torch import save_file
 
@@ -152,7 +156,7 @@ class EngineHost:
         with tempfile.TemporaryDirectory() as d:
             save_file({k: v.contiguous() for k, v in sd.items()}, f"{d}/model.safetensors", metadata={"format": "pt"})
             extra = {"num_nextn_predict_layers": 0} if self.cfg.model.arch == "deepseek_v3" else {}
-            write_hf_config(to_hf_config(self.cfg.model, dtype="float32", extra=extra), d)
+            write_hf_config({**to_hf_config(self.cfg.model, dtype="float32", extra=extra), **(config_changes or {})}, d)
             model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
         out = []
         with torch.no_grad():
@@ -161,8 +165,8 @@ class EngineHost:
                 out.append([float(lp[t, s[t + 1]]) for t in range(len(s) - 1)])
         return out
 
-    def perturb(self, seed: int, scale: float = 0.05) -> None:
-        perturb(self.trainer, seed, scale)
+    def perturb(self, seed: int, scale: float = 0.05, vectors: bool = False) -> None:
+        perturb(self.trainer, seed, scale, vectors)
 
     def refit(self, transport=None) -> dict:
         return dataclasses.asdict(self.engines["vllm"].refit(self.trainer, transport=transport))
