@@ -170,7 +170,9 @@ def worker_r1mega(a) -> None:
     t = time.perf_counter()
     st = GRPOStage(cfg.for_stage(stage), stage)
     setup = time.perf_counter() - t
-    prompts = [json.loads(l) for l in (work / "prompts.jsonl").read_text().splitlines()]
+    from r1mega.data.jsonl import read_jsonl
+
+    prompts = read_jsonl(work / "prompts.jsonl")
     iters = []
     try:
         for it in range(a.warmup + a.iters):
@@ -231,7 +233,9 @@ def worker_trl(a) -> None:
     t_setup = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(hf))
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
-    prompts = [json.loads(l) for l in (work / "prompts.jsonl").read_text().splitlines()]
+    from r1mega.data.jsonl import read_jsonl
+
+    prompts = read_jsonl(work / "prompts.jsonl")
     steps = a.warmup + a.iters
     for p in prompts:  # TRL tokenizes the text itself: it must give r1mega's ids (BOS included)
         assert tok(p["prompt"])["input_ids"] == p["ids"], "TRL's tokenization differs from r1mega's"

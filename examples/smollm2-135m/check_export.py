@@ -29,8 +29,10 @@ def main(argv=None) -> int:
     settings = json.loads((stage / "eval.json").read_text())["settings"]
     if settings.get("temperature", 1) != 0 or settings.get("k") != 1:
         raise SystemExit(f"{stage}: not a greedy evaluation (temperature {settings.get('temperature')}, k {settings.get('k')})")
-    samples = [json.loads(line) for line in (stage / "eval_samples.jsonl").read_text().splitlines()]
-    prompts = {r["id"]: r["prompt"] for r in map(json.loads, (args.run_dir / "data" / "heldout.jsonl").read_text().splitlines())}
+    from r1mega.data.jsonl import read_jsonl
+
+    samples = read_jsonl(stage / "eval_samples.jsonl")  # a bad line: an error naming the file and line
+    prompts = {r["id"]: r["prompt"] for r in read_jsonl(args.run_dir / "data" / "heldout.jsonl", ("id", "prompt"))}
     tok = AutoTokenizer.from_pretrained(str(export))
     model = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
     prefill = "<think>\n" if settings.get("think_prefilled") else ""

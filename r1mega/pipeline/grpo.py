@@ -171,7 +171,9 @@ class GRPOStage:
         if _rank0():
             import json
 
-            with open(self.out / "prompts.jsonl", "a", encoding="utf-8") as f:
+            from r1mega.data.jsonl import open_append
+
+            with open_append(self.out / "prompts.jsonl") as f:  # a row torn by a kill is dropped first
                 f.write(json.dumps({"iteration": it + 1, "ids": [i.meta.get("id") for i in items],
                                     "sources": [i.meta.get("source") for i in items]}) + "\n")
 

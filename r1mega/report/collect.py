@@ -4,7 +4,8 @@ Sources, per stage directory ``<run dir>/<stage>`` (or the stage's ``output_dir`
 
 * ``manifest.json`` (:mod:`r1mega.pipeline.manifest`): kind, status, init_from, wall time (``seconds``);
 * ``metrics.jsonl`` (:class:`r1mega.train.logger.MetricLogger`) of GRPO stages: one row per step; a step logged
-  twice (a resumed stage) keeps its last row, and a torn last line is skipped;
+  twice (a resumed stage) keeps its last row, and a torn last line (a killed run) is dropped with a warning; a
+  bad line anywhere else is an error naming the file and line (:mod:`r1mega.data.jsonl`), as in the samples;
 * ``eval.json`` (:mod:`r1mega.eval.report`) of eval stages: the summary rows, and ``eval_samples.jsonl`` next
   to it for the language score when the summary has none.
 
@@ -96,17 +97,13 @@ def _stale(cfg, stage, m: Optional[dict]) -> bool:
 # ---- GRPO metrics ------------------------------------------------------------------------------
 def read_metrics(path: Path) -> list[dict]:
     """Rows of a metrics.jsonl, one per step (the last row of a step logged twice wins), by step."""
+    from r1mega.data.jsonl import iter_jsonl
+
     rows: dict[int, dict] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+    if not path.is_file():
         return []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn line of an interrupted write
-        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+    for row in iter_jsonl(path, torn_tail=True):  # a torn last row (a killed run) is dropped; a bad row elsewhere raises
+        if isinstance(row.get("step"), (int, float)):
             rows[int(row["step"])] = row
     return [rows[s] for s in sorted(rows)]
 
@@ -168,29 +165,26 @@ def language_scores(samples_path: Path, template: Optional[str], rewards_cfg=Non
     prefilled = template in PREFILLS_THINK if think_prefilled is None else think_prefilled
     sums: dict = {}
     samples = no_word = 0
-    with open(samples_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                text, lang, bench = row.get("text"), row.get("lang"), row.get("benchmark")
-            except (ValueError, AttributeError):
+    from r1mega.data.jsonl import iter_jsonl
+
+    for row in iter_jsonl(samples_path):  # written whole (atomically): a bad line is an error naming it
+        text, lang, bench = row.get("text"), row.get("lang"), row.get("benchmark")
+        if not isinstance(text, str):
+            continue
+        samples += 1
+        score = 0.0  # an unscorable sample counts as 0, as a failed reward does
+        try:
+            cfg = for_prompt(lcfg, lang)
+            target, other = unit_counts(reasoning_text(text, cfg.scope, prefilled), cfg)
+            if target + other == 0:
+                no_word += 1
                 continue
-            if not isinstance(text, str):
-                continue
-            samples += 1
-            score = 0.0  # an unscorable sample counts as 0, as a failed reward does
-            try:
-                cfg = for_prompt(lcfg, lang)
-                target, other = unit_counts(reasoning_text(text, cfg.scope, prefilled), cfg)
-                if target + other == 0:
-                    no_word += 1
-                    continue
-                score = target / (target + other)
-            except Exception:  # noqa: BLE001
-                pass
-            for key in ("",) + ((bench,) if isinstance(bench, str) else ()):
-                t, n = sums.get(key, (0.0, 0))
-                sums[key] = (t + score, n + 1)
+            score = target / (target + other)
+        except Exception:  # noqa: BLE001
+            pass
+        for key in ("",) + ((bench,) if isinstance(bench, str) else ()):
+            t, n = sums.get(key, (0.0, 0))
+            sums[key] = (t + score, n + 1)
     if not samples:
         return None, {}, None
     overall = sums.pop("", None)
@@ -230,18 +224,15 @@ def example_samples(samples_path: Optional[Path], n: int = 3) -> list:
     out, seen = [], set()
     if samples_path is None or not samples_path.exists():
         return out
-    with open(samples_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if row.get("id") in seen or not isinstance(row.get("text"), str):
-                continue
-            seen.add(row.get("id"))
-            out.append({k: row.get(k) for k in ("id", "text", "correct", "format")})
-            if len(out) == n:
-                break
+    from r1mega.data.jsonl import iter_jsonl
+
+    for row in iter_jsonl(samples_path):
+        if row.get("id") in seen or not isinstance(row.get("text"), str):
+            continue
+        seen.add(row.get("id"))
+        out.append({k: row.get(k) for k in ("id", "text", "correct", "format")})
+        if len(out) == n:
+            break
     return out
 
 

@@ -4,8 +4,6 @@ turned into code-task specs for :func:`r1mega.rewards.code.run_code_tests`.
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import os
 from functools import lru_cache
 from typing import Optional
@@ -22,8 +20,9 @@ def humaneval_path() -> str:
 
 @lru_cache(maxsize=1)
 def _load() -> tuple:
-    with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+    from r1mega.data.jsonl import read_jsonl
+
+    return tuple(read_jsonl(humaneval_path()))
 
 
 def load_humaneval(limit: Optional[int] = None) -> list[dict]:

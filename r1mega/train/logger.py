@@ -19,7 +19,10 @@ class MetricLogger:
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
-        self.jsonl = open(jsonl_path or os.path.join(out_dir, "metrics.jsonl"), "a")
+        from r1mega.data.jsonl import open_append
+
+        # a resumed stage appends; a row torn by a kill is dropped first (with a warning naming it)
+        self.jsonl = open_append(jsonl_path or os.path.join(out_dir, "metrics.jsonl"))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

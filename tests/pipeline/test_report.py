@@ -324,3 +324,21 @@ def test_a_user_pipeline_gets_base_vs_trained_and_samples(tmp_path):
     # `r1mega report RUN_DIR` (no config): the pipeline recorded in the manifests, no R1 roles either
     bare = write_report(run_dir, out=tmp_path / "bare").read_text()
     assert "R1-Zero" not in bare and "Learning targets" not in bare and "| grpo | eval_grpo | 2 | 50.0 |" in bare
+
+
+def test_a_corrupt_line_in_metrics_or_samples_names_file_and_line(tmp_path):
+    """Only a torn *last* line of metrics.jsonl is dropped (a killed run); a bad line elsewhere, or in the eval
+    samples (written whole), is an error naming the file and line, not a silently missing step or sample."""
+    from r1mega.data.jsonl import JsonlError
+    from r1mega.report.collect import example_samples, language_scores, read_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "accuracy": 0.5}\n{"step": 2, "accu\n{"step": 3, "accuracy": 0.75}\n')
+    with pytest.raises(JsonlError, match=rf"^{metrics}:2: invalid JSON"):
+        read_metrics(metrics)
+    samples = tmp_path / "eval_samples.jsonl"
+    samples.write_text(json.dumps({"id": 0, "text": "<think>a</think> 1"}) + "\n{\"id\": 1, \"te\n")
+    with pytest.raises(JsonlError, match=rf"^{samples}:2: invalid JSON"):
+        example_samples(samples)
+    with pytest.raises(JsonlError, match=rf"^{samples}:2: invalid JSON"):
+        language_scores(samples, "r1_zero")
