@@ -212,6 +212,23 @@ def _end_moe(worker) -> int:
     return end_cpu_moe_reload(_worker_model(worker), _SAVED_MOE.pop(id(worker), {}))
 
 
+def release_reload_state(worker) -> int:
+    """Drop vLLM's per-layer reload records of this worker's model; returns how many there were.
+
+    vLLM's in-place reload keeps a record per layer (``layerwise.LAYERWISE_INFO``, a WeakKeyDictionary keyed
+    by the layer) holding the restore metadata and the kernel-format tensors. Their values still reference
+    their layers (bound weight loaders), so the weak keys never die: after ``shutdown`` the whole model and
+    the kernel copies stayed in memory, one model per engine started in the process (measured on
+    SmolLM2-135M: +1.0-1.3 GB of RSS per eval stage of a pipeline, 14.4 GB peak for ``make smollm2``)."""
+    from vllm.model_executor.model_loader.reload import layerwise
+
+    n = 0
+    for module in _worker_model(worker).modules():
+        n += layerwise.LAYERWISE_INFO.pop(module, None) is not None
+        layerwise.LOADING_LAYERS.discard(module)
+    return n
+
+
 # ------------------------------------------------------------------------- refit
 def engine_in_process(llm) -> bool:
     """True when vLLM's engine core (and its worker) runs in this process."""

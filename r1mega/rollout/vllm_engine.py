@@ -236,12 +236,19 @@ class VllmEngine(RolloutEngine):
         a random later time (during the next pipeline stage), so it is done here, deterministically.
         After this call the process group must be initialised again (the pipeline runner does)."""
         llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            from .refit import release_reload_state
+
+            try:  # else the model outlives the engine (vLLM's reload records keep it alive)
+                llm.collective_rpc(release_reload_state)
+            except Exception as e:  # noqa: BLE001 -- shutting down: report, go on
+                print(f"[r1mega] vLLM shutdown: could not release the reload records: {e}", flush=True)
         client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if client is not None and hasattr(client, "shutdown"):
             client.shutdown()
         del llm, client
-        import gc
+        from r1mega.platform.memory import release_free_memory
 
-        gc.collect()
+        release_free_memory()
         if self._own_dir:
             shutil.rmtree(self.model_dir, ignore_errors=True)

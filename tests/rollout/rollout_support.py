@@ -171,6 +171,25 @@ class EngineHost:
     def refit(self, transport=None) -> dict:
         return dataclasses.asdict(self.engines["vllm"].refit(self.trainer, transport=transport))
 
+    def shutdown_vllm(self) -> dict:
+        """Shut the vLLM engine down; whether its model (and vLLM's reload records of it) outlived it."""
+        import gc
+        import weakref
+
+        from vllm.model_executor.model_loader.reload import layerwise
+
+        from r1mega.rollout.refit import _worker_model
+
+        engine = self.engines.pop("vllm")
+        model = engine.llm.collective_rpc(_worker_model)[0]
+        ref, records = weakref.ref(model), sum(m in layerwise.LAYERWISE_INFO for m in model.modules())
+        del model
+        engine.shutdown()
+        del engine
+        gc.collect()
+        return {"records_before": records, "model_alive": ref() is not None,
+                "records_after": len(layerwise.LAYERWISE_INFO)}
+
     def check_rollouts(self, rollouts, threshold, temperature=None, force=False):
         from r1mega.rollout import check_rollouts
 
