@@ -195,6 +195,25 @@ def test_reference_is_frozen_between_refreshes_and_restored_on_resume(tmp_path, 
     assert _same(_params(resumed.ref), ref2) and _same(_params(resumed.policy), pol3)
 
 
+def test_resume_exactly_at_a_refresh_takes_the_policy_it_loads(tmp_path, destroy):
+    """Stopped right after the refresh step's checkpoint, before the reference's own save of that step (removed
+    here, as a kill between the two saves would leave it): the resumed reference is the step-2 policy."""
+    import shutil
+
+    extra = ("grpo.kl_coef=0.05", "grpo.ref_refresh_interval=2", "checkpoint.save_interval=5")
+    stage = _stage(_cfg(tmp_path, "at", *extra, steps=4))
+    real = stage.iteration
+    stage.iteration = lambda it: real(it) if it < 2 else (_ for _ in ()).throw(KeyboardInterrupt("stopped"))
+    with pytest.raises(KeyboardInterrupt):
+        stage.run()
+    pol2 = _params(stage.policy)
+    assert _same(_params(stage.ref), pol2)
+    shutil.rmtree(stage.out / "reference" / "step_00000002")
+    destroy()
+    resumed = _stage(_cfg(tmp_path, "at", *extra, steps=4))
+    assert resumed.start == 2 and _same(_params(resumed.ref), pol2)
+
+
 def test_resume_without_init_keeps_the_initial_reference(tmp_path, destroy):
     extra = ("grpo.kl_coef=0.05", "checkpoint.save_interval=1")
     stage = _stage(_cfg(tmp_path, "noinit", *extra, steps=3))
