@@ -257,3 +257,28 @@ def test_qwen2_converter_round_trip_through_tp2_is_bit_exact(tmp_path):
     ids = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(src_model(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def test_missing_and_unknown_bias_tensors_are_named_before_any_weight_is_read(tmp_path):
+    """A Qwen2 directory without one k_proj bias, or with an o_proj bias (Qwen2 has none), is refused by the
+    directory check, which reads only the safetensors headers."""
+    from safetensors.torch import save_file
+
+    from r1mega.bridge import BridgeError, open_checkpoint
+
+    _hf_model("qwen2", tmp_path / "hf")
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    m = from_hf_config(read_hf_config(tmp_path / "hf"))
+    for name, change, pattern in (
+            ("missing", lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"),
+             r"missing tensors: model\.layers\.1\.self_attn\.k_proj\.bias"),
+            ("unknown", lambda t: t.update({"model.layers.0.self_attn.o_proj.bias": torch.zeros(128)}),
+             r"unknown tensor 'model\.layers\.0\.self_attn\.o_proj\.bias' in model\.safetensors")):
+        t = dict(tensors)
+        change(t)
+        d = tmp_path / name
+        d.mkdir()
+        save_file(t, str(d / "model.safetensors"))
+        (d / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+        with pytest.raises(BridgeError, match=pattern):
+            open_checkpoint(d, m, False)
