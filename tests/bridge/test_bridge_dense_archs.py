@@ -282,3 +282,41 @@ def test_missing_and_unknown_bias_tensors_are_named_before_any_weight_is_read(tm
         (d / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
         with pytest.raises(BridgeError, match=pattern):
             open_checkpoint(d, m, False)
+
+
+# The architecture fields of published config.json files (abridged: token ids, transformers_version etc. left out).
+PUBLISHED = {
+    "Qwen2.5-Math-1.5B": ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+                           "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                           "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                           "max_window_layers": 21, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+                           "use_sliding_window": False, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+                           "vocab_size": 151936}, 1.54e9),
+    "Llama-3.1-8B": ({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False,
+                      "mlp_bias": False, "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
+                      "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                      "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+                      "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                      "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 128256}, 8.03e9),
+    "Qwen3-8B": ({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False,
+                  "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                  "max_position_embeddings": 40960, "max_window_layers": 36, "rms_norm_eps": 1e-06,
+                  "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "use_sliding_window": False,
+                  "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 151936}, 8.19e9),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_configs_import(name):
+    """The paper's students' config.json import as the right dense family, with their published totals (1%)."""
+    from r1mega.model.counting import count_parameters
+
+    cfg, total = PUBLISHED[name]
+    m = from_hf_config(cfg)
+    assert (m.arch, m.params_dtype, m.qkv_bias, m.qk_norm) == ("dense", "bfloat16", name.startswith("Qwen2"),
+                                                                name.startswith("Qwen3"))
+    assert m.rope_scaling == ({**cfg["rope_scaling"]} if cfg.get("rope_scaling") else None)
+    assert to_hf_config(m)["architectures"] == cfg["architectures"]
+    assert abs(count_parameters(m).total / total - 1) < 0.01, count_parameters(m).total
