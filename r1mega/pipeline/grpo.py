@@ -195,6 +195,7 @@ class GRPOStage:
 
         g = self.cfg.grpo
         items, comps_all, rewards_all, completions, prompts = [], [], [], [], []
+        sampled: list = []  # per round: (groups, informative groups, task types, rewards, components)
         counters: dict = {}
         rounds = g.dynamic_sampling_max_rounds if g.dynamic_sampling else 1
         t_roll = t_rew = 0.0
@@ -219,6 +220,8 @@ class GRPOStage:
                 by_group = [totals[k] for i in keep for k, c in enumerate(ro.completions) if c.prompt_index == i]
                 mask = dynamic_sampling_keep(torch.tensor(by_group), self.G)
                 keep = [i for i in range(len(batch_items)) if bool(mask[i])]
+            sampled.append((len(batch_items), len(keep), [batch_items[c.prompt_index].task_type for c in ro.completions],
+                            totals, comps))
             for i in keep[:self.P - len(items)]:
                 # group i's completions with their own rewards, wherever the engine put them
                 rows = [k for k, c in enumerate(ro.completions) if c.prompt_index == i]
@@ -231,6 +234,15 @@ class GRPOStage:
                 break
         from r1mega.rollout import Rollouts
 
+        if g.dynamic_sampling:  # rounds ran out: the kept groups that split evenly over the DP ranks and minibatches
+            from r1mega.algorithms.dynamic_sampling import dynamic_sampling_trim
+
+            n = len(items) if len(items) == self.P else dynamic_sampling_trim(
+                len(items), self.G, self.policy.dp_rank_size()[1], g.num_minibatches)
+            trimmed, items, prompts = len(items) - n, items[:n], prompts[:n]
+            completions = [c for c in completions if c.prompt_index < n]
+            rewards_all, comps_all = rewards_all[:n * self.G], comps_all[:n * self.G]
+            counters.update(self._sampled_metrics(sampled, n, trimmed))
         ro = Rollouts(prompts, self.G, completions)
         return items, ro, rewards_all, comps_all, counters, t_roll, t_rew
 
@@ -248,10 +260,22 @@ class GRPOStage:
         totals, comps, m = apply_model_rewards(rc, samples, totals, comps, self.model_reward, self.G)
         return totals, comps, m
 
-    def _reward_metrics(self, items, ro, r: torch.Tensor, comps: list) -> dict:
-        """Reward means by component (over the samples whose task type has that component) and by task type."""
+    def _sampled_metrics(self, sampled: list, kept: int, trimmed: int) -> dict:
+        """Dynamic sampling: the reward metrics over every group generated in all rounds (``sampled/...``,
+        beside those of the kept groups) and the group counts (``dynamic_sampling/*``)."""
+        from r1mega.algorithms.dynamic_sampling import dynamic_sampling_metrics
+
+        types, comps = [t for s in sampled for t in s[2]], [c for s in sampled for c in s[4]]
+        r = torch.tensor([x for s in sampled for x in s[3]], dtype=torch.float32)
+        return {"sampled/reward/total": float(r.mean()),
+                **{f"sampled/{k}": v for k, v in self._reward_metrics(types, r, comps).items()},
+                **dynamic_sampling_metrics(sum(s[0] for s in sampled), sum(s[1] for s in sampled), kept, trimmed,
+                                           len(sampled))}
+
+    def _reward_metrics(self, types: list, r: torch.Tensor, comps: list) -> dict:
+        """Reward means by component (over the samples whose task type has that component) and by task type
+        (``types``: each sample's task type)."""
         rc = self.cfg.rewards
-        types = [items[c.prompt_index].task_type for c in ro.completions]
         out: dict = {}
         names = sorted({k for c in comps for k in c})
         for k in names:
@@ -283,7 +307,7 @@ class GRPOStage:
         _, n = self.policy.dp_rank_size()
         if mbs % n:
             raise ConfigError("grpo.minibatch_size", f"got {mbs}, expected a multiple of the {n} data-parallel ranks")
-        return mbs // n
+        return rows // self.cfg.grpo.num_minibatches  # (a short dynamic-sampling batch: as many, smaller updates)
 
     # -------------------------------------------------------------- iteration
     def iteration(self, it: int) -> dict:
@@ -295,7 +319,7 @@ class GRPOStage:
         items, ro, rewards, comps, counters, t_roll, t_rew = self._generate_scored(it)
         self._record_prompts(it, items)
         if not items:
-            return {"skipped": 1.0}
+            return {"skipped": 1.0, **counters}
         r = torch.tensor(rewards, dtype=torch.float32)
         adv = group_advantages(r, self.G, mode=g.advantage_mode, eps=g.adv_epsilon)
         batch = ro.to_batch(pad_id=self.tok.pad_token_id or 0)
@@ -353,7 +377,7 @@ class GRPOStage:
         if self._refresh_due(it):  # (saved by run(), after the policy's checkpoint of this step)
             _copy_weights(self.policy, self.ref)
         lengths = torch.tensor([len(c.token_ids) for c in ro.completions], dtype=torch.float32)
-        comp_means = self._reward_metrics(items, ro, r, comps)
+        comp_means = self._reward_metrics([items[c.prompt_index].task_type for c in ro.completions], r, comps)
         dt = time.time() - t0
         m = {"reward/total": float(r.mean()), **comp_means, "accuracy": comp_means.get("reward/accuracy", float("nan")),
              "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
