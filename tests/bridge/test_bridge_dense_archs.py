@@ -227,8 +227,9 @@ def test_converter_refuses_a_sliding_window_qwen2_before_reading_weights(tmp_pat
 @pytest.mark.distributed
 def test_qwen2_converter_round_trip_through_tp2_is_bit_exact(tmp_path):
     """transformers' tied Qwen2 -> `convert hf-to-megatron --tp 2` (torchrun, 2 processes: every q/k/v bias
-    split by query group over the two ranks) -> `convert megatron-to-hf` at one rank (Megatron's resharding):
-    every tensor bit-exact, the same model config, transformers' logits identical."""
+    split by query group over the two ranks) -> `convert megatron-to-hf` at one rank (Megatron's resharding)
+    and at TP2 (the bias shards gathered): every tensor bit-exact, the same model config, transformers'
+    logits identical."""
     import os
     import subprocess
     import sys
@@ -242,13 +243,17 @@ def test_qwen2_converter_round_trip_through_tp2_is_bit_exact(tmp_path):
     src_model = _hf_model("qwen2", tmp_path / "hf")
     for cmd in ([str(bin_ / "torchrun"), "--standalone", "--nproc-per-node", "2", str(tool), "hf-to-megatron",
                  "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt"), "--tp", "2"],
-                [sys.executable, str(tool), "megatron-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back")]):
+                [sys.executable, str(tool), "megatron-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back")],
+                [str(bin_ / "torchrun"), "--standalone", "--nproc-per-node", "2", str(tool), "megatron-to-hf",
+                 "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back_tp2"), "--tp", "2"]):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         print(proc.stdout.strip().splitlines()[-1])
-    src, back = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("hf", "back"))
-    assert sorted(back) == sorted(src) and "lm_head.weight" not in back
-    assert [k for k in src if not (torch.equal(src[k], back[k]) and src[k].dtype == back[k].dtype)] == []
+    src = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    for d in ("back", "back_tp2"):
+        back = load_file(str(tmp_path / d / "model.safetensors"))
+        assert sorted(back) == sorted(src) and "lm_head.weight" not in back
+        assert [k for k in src if not (torch.equal(src[k], back[k]) and src[k].dtype == back[k].dtype)] == [], d
     cfg = read_hf_config(tmp_path / "back")
     assert cfg["architectures"] == ["Qwen2ForCausalLM"]
     assert to_hf_config(from_hf_config(cfg)) == to_hf_config(from_hf_config(read_hf_config(tmp_path / "hf")))
