@@ -26,9 +26,10 @@ def init() -> None:
         from . import megatron_cpu
 
         megatron_cpu.apply()
-    from . import megatron_moe_padding, megatron_moe_tracker, megatron_noapex
+    from . import megatron_moe_padding, megatron_moe_tracker, megatron_noapex, megatron_writer_queue
 
     megatron_noapex.apply()
+    megatron_writer_queue.apply()
     megatron_moe_tracker.apply()
     megatron_moe_padding.apply()
     if not have_transformer_engine():

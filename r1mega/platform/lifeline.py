@@ -5,7 +5,8 @@ Two mechanisms, one per way a child is started:
 * :class:`Lifeline`, for children we start through ``multiprocessing`` (stage processes, reward workers). The
   parent makes a pipe and keeps its write end; each child gets the read end and watches it from a daemon thread.
   Nothing is ever written: the read end sees end-of-file exactly when every copy of the write end is closed, which
-  the kernel does when the parent exits, whatever killed it. The child then SIGKILLs itself. Unlike
+  the kernel does when the parent exits, whatever killed it. The child then SIGKILLs its own descendants (what
+  libraries started in it) and itself. Unlike
   ``PR_SET_PDEATHSIG`` this does not depend on who the child's parent process is (``multiprocessing``'s fork
   server is, and it outlives the process that asked for the child) nor on which of the parent's threads
   started it.
@@ -62,11 +63,44 @@ def hold(child_end, what: str = "process", cleanup=None) -> threading.Thread:
                 cleanup()
             except Exception:  # noqa: BLE001
                 pass
+        kill_descendants()
         os.kill(os.getpid(), signal.SIGKILL)
 
     t = threading.Thread(target=watch, name="r1mega-lifeline", daemon=True)
     t.start()
     return t
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """{ppid: [pid, ...]} of every process, from /proc (Linux)."""
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out.setdefault(ppid, []).append(int(entry))
+    return out
+
+
+def kill_descendants() -> None:
+    """SIGKILL every process below this one (children first found, then theirs): what libraries started here
+    (Megatron's checkpoint writers, a Manager, a fork server) dies with it. Linux; a no-op elsewhere."""
+    if not os.path.isdir("/proc"):
+        return
+    tree, todo, found = _children_by_parent(), [os.getpid()], []
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:
@@ -88,4 +122,4 @@ def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     return True
 
 
-__all__ = ["Lifeline", "hold", "die_with_parent"]
+__all__ = ["Lifeline", "hold", "die_with_parent", "kill_descendants"]

@@ -234,3 +234,50 @@ def test_torchrun_ranks_die_with_torchrun(tmp_path):
             proc.kill()
             proc.wait()
         _kill_all(tag)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_parallel, processes", [(2, 2), (1, 1)])
+def test_kill_9_during_real_pretraining(tmp_path, max_parallel, processes):
+    """The measured case of issue 20, end to end: a real pretraining stage (Megatron; 2 processes with gloo under
+    the scheduler, or in `r1mega run`'s own process) killed with SIGKILL once it trains and has saved a checkpoint;
+    nothing of the run is left after 10 s (also not the server process Megatron's checkpoint writer starts) and
+    nothing writes into the run any more."""
+    run = tmp_path / "run"
+    cfg = {**CONFIG, "checkpoint": {"save_interval": 5},
+           "pipeline": {"run_dir": str(run), "max_parallel": max_parallel,
+                        "stages": [{"name": "pretrain", "kind": "pretrain", "steps": 100000, "processes": processes}]}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    tag = uuid.uuid4().hex
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "r1mega.cli", "run", str(path)], stdout=f,
+                                stderr=subprocess.STDOUT, env=_env(tmp_path, tag))
+    stage = run / "pretrain"
+    try:
+        deadline = time.time() + 300  # the fork server imports torch, Megatron-Core and vLLM first
+        while time.time() < deadline:
+            assert proc.poll() is None, out.read_text()[-3000:]
+            log = (stage / "stage.log") if max_parallel > 1 else out
+            if log.exists() and "step 7:" in log.read_text() and list(stage.rglob("r1mega_meta.json")):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the stage did not train: " + out.read_text()[-3000:])
+        running = _marked(tag)
+        assert any("spawn_main" in c for c in running.values()), running  # the writer's Manager server
+        assert len(running) >= (5 if max_parallel > 1 else 2), running  # + the fork server and 2 ranks
+
+        proc.kill()
+        proc.wait()
+        left = _wait_gone(tag, 10)
+        assert not left, f"left running after kill -9 of r1mega run: {left}"
+        files = {p: p.stat().st_mtime_ns for p in stage.rglob("*") if p.is_file()}
+        time.sleep(2.0)  # a rank still training would log a step and save a checkpoint every few steps
+        assert {p: p.stat().st_mtime_ns for p in stage.rglob("*") if p.is_file()} == files
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_all(tag)
