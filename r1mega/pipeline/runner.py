@@ -72,10 +72,27 @@ def _end_stage() -> None:
         destroy()
 
 
+def init_stamp(cfg, st) -> str | None:
+    """What the stage starts from, as it is now: an earlier stage's run (when that stage last started), or a
+    checkpoint path's latest checkpoint (its directory and the modification time of its meta file). Recorded
+    in the manifest when the stage starts: a complete stage whose init changed since is not silently kept."""
+    if not st.init_from:
+        return None
+    if st.init_from in cfg.pipeline.names():
+        m = manifest.read(cfg.stage_dir(st.init_from))
+        return f"stage {st.init_from} started {m.get('started')}" if m else None
+    root = Path(cfg.resolve_path(st.init_from))
+    pointer = root / "latest"
+    step = root / pointer.read_text().strip() if pointer.is_file() else root
+    meta = step / "r1mega_meta.json"
+    return f"{step} modified {meta.stat().st_mtime_ns}" if meta.is_file() else None
+
+
 def plan(cfg, only: list[str] | None = None) -> list[tuple]:
     """(stage, stage dir, config hash, action) for every stage: action is run/resume/skip; raises on
-    a completed stage whose config changed."""
+    a completed stage whose config changed, or whose init checkpoint changed or is about to."""
     out = []
+    actions: dict = {}
     names = cfg.pipeline.names()
     for name in only or []:
         if name not in names:
@@ -96,8 +113,19 @@ def plan(cfg, only: list[str] | None = None) -> list[tuple]:
                                   f"stage is complete in {d} but its config changed since (hash {m.get('config_hash')} -> {h}); "
                                   f"delete {d / manifest.NAME} (or the directory) to rerun it")
             action = "skip"
+            rerun = f"delete {d / manifest.NAME} (or the directory) to rerun it"
+            if actions.get(st.init_from) in ("run", "resume"):
+                raise ConfigError(f"pipeline.stages[{st.name}]",
+                                  f"stage is complete in {d} but its init stage {st.init_from!r} is to "
+                                  f"{actions[st.init_from]} now: its results would be those of the old checkpoint; {rerun}")
+            was, now = m.get("init_stamp"), init_stamp(cfg, st)
+            if was is not None and now is not None and was != now:
+                raise ConfigError(f"pipeline.stages[{st.name}]",
+                                  f"stage is complete in {d} but what it started from changed since ({was} -> {now}); "
+                                  f"{rerun}")
         else:
             action = "resume"
+        actions[st.name] = action
         out.append((st, d, h, action))
     return out
 
@@ -122,7 +150,8 @@ def run_pipeline(cfg, only: list[str] | None = None, items: list[str] | None = N
         if _rank0():
             print(f"[r1mega] stage {st.name} ({st.kind}): {'resuming' if action == 'resume' else 'starting'}", flush=True)
             manifest.write(d, stage=st.name, kind=st.kind, status="running", config_hash=h,
-                           init_from=st.init_from, started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None,
+                           init_from=st.init_from, init_stamp=init_stamp(cfg, st),
+                           started=time.strftime("%Y-%m-%dT%H:%M:%S"), error=None,
                            pipeline=cfg.pipeline.names())  # the report of a bare run dir reads it
         _barrier()
         t = time.time()
