@@ -249,8 +249,6 @@ def test_reward_model_parallel_parity(rm_reference, layout):
 def test_grpo_stage_model_reward_hooks():
     """GRPOStage._model_rewards refuses general samples without a reward model, adds the model term with
     one, and _reward_metrics averages each component over the task types that have it."""
-    from types import SimpleNamespace
-
     from r1mega.pipeline.grpo import GRPOStage
     from r1mega.rewards import RewardSample
 
@@ -267,9 +265,7 @@ def test_grpo_stage_model_reward_hooks():
     st.model_reward = lambda prompts, responses: [0.0, math.log(3.0)]
     totals, comps, m = st._model_rewards(samples, [3.0, 2.0, 0.0, 0.0], comps)
     assert totals == pytest.approx([3.0, 2.0, 0.5, 0.75]) and m == {"reward/model_samples": 2.0}
-    items = [SimpleNamespace(task_type="math"), SimpleNamespace(task_type="general")]
-    ro = SimpleNamespace(completions=[SimpleNamespace(prompt_index=i // 2) for i in range(4)])
-    out = st._reward_metrics(items, ro, torch.tensor(totals), comps)
+    out = st._reward_metrics(["math", "math", "general", "general"], torch.tensor(totals), comps)  # samples' task types
     assert out["reward/accuracy"] == 0.5 and out["reward/format"] == 1.0          # reasoning samples only
     assert out["reward/model"] == pytest.approx(0.625) and out["reward/model_raw"] == pytest.approx(math.log(3) / 2)
     assert out["reward/total/math"] == 2.5 and out["reward/total/general"] == pytest.approx(0.625)
