@@ -281,3 +281,25 @@ def test_kill_9_during_real_pretraining(tmp_path, max_parallel, processes):
             proc.kill()
             proc.wait()
         _kill_all(tag)
+
+
+def test_a_reward_worker_kills_its_rlimit_sandboxes_when_its_owner_dies(tmp_path):
+    """The rlimit fallback's sandbox runs in its own session (bubblewrap's --die-with-parent does not apply): when
+    the worker's lifeline fires, :func:`r1mega.rewards.sandbox.kill_running` ends it (here called as the worker's
+    lifeline calls it), and a stopped sandbox leaves the list."""
+    from r1mega.rewards import sandbox as sb
+
+    py = sb.resolve_python("auto")
+    procs = [sb.start_python(["-c", "import time; time.sleep(300)"], python=py, backend="rlimit", uid=65534)
+             for _ in range(2)]
+    try:
+        assert all(p.poll() is None for p in procs) and set(procs) <= sb._running
+        sb.stop_python(procs[1])
+        assert procs[1] not in sb._running
+        sb.kill_running()
+        procs[0].wait(timeout=5)
+        assert procs[0].returncode == -signal.SIGKILL
+    finally:
+        for p in procs:
+            sb.stop_python(p)
+    assert not sb._running
