@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--ep", type=int, default=1, help="expert-parallel size")
         p.add_argument("--etp", type=int, default=None, help="expert tensor-parallel size (default: = --tp)")
         p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                       help="parameter dtype (default: the source's dtype)")
+                       help="parameter dtype (default: the source's dtype; megatron-to-hf: the model's params_dtype)")
         p.add_argument("--no-mtp", action="store_true", help="leave out the multi-token-prediction layers")
 
     a = sub.add_parser("hf-to-megatron", help="HF safetensors + config.json -> Megatron distributed checkpoint")
@@ -184,12 +184,15 @@ def megatron_to_hf(args) -> Path:
     parallel = _parallel(args, m.is_moe)
     engine = TrainEngine(m, parallel, None, mtp=has_mtp)
     CheckpointManager(path.parent).load(engine, path, load_optimizer=False)
-    out_dtype = getattr(torch, args.dtype) if args.dtype else None
+    # Every floating tensor in --dtype, else the model's params_dtype (on CPU Megatron keeps the local-spec
+    # norms in float32 whatever params_dtype says); DeepSeek's e_score_correction_bias stays float32, as
+    # transformers keeps it (_keep_in_fp32_modules_strict) and Megatron holds it.
+    out_dtype = getattr(torch, args.dtype or m.params_dtype)
     writer = ShardWriter(args.out, args.shard_mb << 20) if is_rank0() else None
     for bucket in export_hf_weights(engine, m, parallel, bucket_bytes=args.bucket_mb << 20,
                                     include_mtp=include_mtp, target=0):
         for name, t in bucket:
-            if out_dtype is not None and not name.endswith("e_score_correction_bias"):
+            if t.is_floating_point() and not name.endswith("e_score_correction_bias"):
                 t = t.to(out_dtype)
             writer.add(name, t)
     if writer is not None:
