@@ -157,7 +157,7 @@ class BridgeTable:
 
     def _layer(self, meg: str, hf: str, kind: str, L: int) -> None:
         m = self.cfg
-        rules = _gqa_rules(m) if m.arch == "dense" else _mla_rules(m)
+        rules = _mla_rules(m) if m.mla else _gqa_rules(m)
         if kind == "moe":
             rules += _moe_rules(m)
         else:

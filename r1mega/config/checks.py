@@ -56,7 +56,7 @@ def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None
     tp, pp, ep = par.tensor_parallel, par.pipeline_parallel, par.expert_parallel
     check(model.num_attention_heads % tp == 0, "parallel.tensor_parallel",
           f"{tp} does not divide model.num_attention_heads={model.num_attention_heads} (each TP rank needs whole heads)")
-    if model.arch == "dense":
+    if not model.mla:
         kv = model.num_key_value_heads or model.num_attention_heads
         check(kv % tp == 0, "parallel.tensor_parallel", f"{tp} does not divide model.num_key_value_heads={kv}")
     if model.is_moe:
@@ -133,7 +133,7 @@ def check_rollout(cfg, world_size: Optional[int], rl: bool) -> None:
         rtp = ro.tensor_parallel
         check(model.num_attention_heads % rtp == 0, "rollout.tensor_parallel",
               f"{rtp} does not divide model.num_attention_heads={model.num_attention_heads}")
-        if model.arch == "dense":
+        if not model.mla:
             kv = model.num_key_value_heads or model.num_attention_heads
             check(kv % rtp == 0, "rollout.tensor_parallel", f"{rtp} does not divide model.num_key_value_heads={kv}")
         if world_size is not None:

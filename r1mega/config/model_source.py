@@ -39,6 +39,8 @@ def shape_fields(model: dict) -> tuple:
     """The fields that decide tensor shapes for this model's architecture (a ModelConfig as a dict)."""
     if model.get("arch") == "dense":
         return _COMMON + _DENSE
+    if model.get("arch") == "qwen3_moe":
+        return _COMMON + _DENSE + _MOE
     moe = (model.get("n_routed_experts") or 0) > 0
     return _COMMON + _MLA + (_MOE if moe else ())
 

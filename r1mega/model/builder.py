@@ -3,7 +3,8 @@
 DeepSeek-V3 architecture -> ``MLATransformerConfig`` (multi-latent attention, DeepSeekMoE with
 shared + routed experts, sigmoid router with aux-loss-free expert bias, group-limited routing,
 multi-token prediction); ``arch: dense`` -> a GQA + SwiGLU GPT (Llama, with Llama 3 RoPE scaling; Qwen2's
-q/k/v biases; Qwen3's per-head q/k RMSNorm).
+q/k/v biases; Qwen3's per-head q/k RMSNorm); ``arch: qwen3_moe`` -> the same attention with softmax-routed
+experts (DeepSeek-V2 is ``deepseek_v3`` with softmax routing).
 
 Layer specs: Transformer Engine specs (with the FP8 options) when TE and CUDA are present, local
 Megatron-Core specs otherwise; the same ModelConfig either way. The platform layer decides which.
@@ -42,10 +43,7 @@ def _moe_kwargs(m: ModelConfig, p: ParallelConfig) -> dict:
     if m.scoring_func == "sigmoid" and m.num_experts_per_tok > 1 and not m.norm_topk_prob:
         raise ConfigError("model.norm_topk_prob", "Megatron's sigmoid router always renormalises the top-k "
                           "weights; norm_topk_prob=False is only supported with scoring_func='softmax'")
-    if m.scoring_func == "softmax" and m.norm_topk_prob:
-        raise ConfigError("model.norm_topk_prob", "with scoring_func='softmax' the router takes the top-k of "
-                          "the full softmax (DeepSeek-V2); renormalised softmax top-k is not supported")
-    balancing = "seq_aux_loss" if m.seq_aux_loss_coeff > 0 else "none"
+    balancing = m.aux_loss_type if m.seq_aux_loss_coeff > 0 else "none"
     groups = m.n_group if (m.n_group or 1) > 1 else None
     return dict(
         num_moe_experts=m.n_routed_experts,
@@ -54,7 +52,9 @@ def _moe_kwargs(m: ModelConfig, p: ParallelConfig) -> dict:
         moe_shared_expert_intermediate_size=(m.n_shared_experts * m.moe_intermediate_size) or None,
         moe_router_topk=m.num_experts_per_tok,
         moe_router_score_function=m.scoring_func,
-        moe_router_pre_softmax=m.scoring_func == "softmax",
+        # softmax: top-k of the full softmax (DeepSeek-V2, norm_topk_prob off), or the softmax over the top-k
+        # logits, which is the renormalised top-k of the full softmax (Qwen3-MoE's norm_topk_prob)
+        moe_router_pre_softmax=m.scoring_func == "softmax" and not m.norm_topk_prob,
         moe_router_topk_scaling_factor=m.routed_scaling_factor,
         moe_router_num_groups=groups,
         moe_router_group_topk=m.topk_group if groups else None,
@@ -111,9 +111,9 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, **extra):
     common.update(platform.megatron_config_overrides())
     common.update(_fp8_kwargs(m))
     common.update(extra)
-    if m.arch == "dense":
+    if not m.mla:  # GQA: dense, or with Qwen3-MoE's routed experts
         kv = m.num_key_value_heads or m.num_attention_heads
-        return TransformerConfig(**common, num_query_groups=kv,
+        return TransformerConfig(**common, **_moe_kwargs(m, p), num_query_groups=kv,
                                  kv_channels=m.head_dim or m.hidden_size // m.num_attention_heads,
                                  add_qkv_bias=m.qkv_bias, qk_layernorm=m.qk_norm)
     return MLATransformerConfig(
@@ -127,7 +127,7 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, **extra):
 
 def _dense_rope_kwargs(m: ModelConfig) -> dict:
     """GPTModel's RoPE arguments for a dense model: Llama 3 scaling switched on with its factor."""
-    if m.arch != "dense" or m.rope_scaling is None:
+    if m.mla or m.rope_scaling is None:
         return {}
     return dict(rope_scaling=True, rope_scaling_factor=float(m.rope_scaling["factor"]))
 
@@ -138,7 +138,7 @@ def _apply_llama3_bands(model, m: ModelConfig) -> None:
     published Llama 3.x values): redo it from the unscaled frequencies with the config's bands, through
     the same Megatron method, so any Llama 3 config (and a tiny test model) gets exactly its own."""
     rot = getattr(model, "rotary_pos_emb", None)
-    if m.arch != "dense" or m.rope_scaling is None or rot is None:
+    if m.mla or m.rope_scaling is None or rot is None:
         return
     s, dim = m.rope_scaling, m.head_dim or m.hidden_size // m.num_attention_heads
     base = 1.0 / (int(m.rope_theta) ** (torch.arange(0, dim, 2, dtype=torch.float32, device=rot.inv_freq.device) / dim))

@@ -75,7 +75,7 @@ class ModelCount:
 def attention_params(m: ModelConfig) -> tuple[int, int]:
     """(projection params, attention-internal norm params) of one attention block."""
     h, nh = m.hidden_size, m.num_attention_heads
-    if m.arch == "dense":
+    if not m.mla:
         hd = m.head_dim or h // nh
         kv = m.num_key_value_heads or nh
         bias = (nh + 2 * kv) * hd if m.qkv_bias else 0  # Qwen2's q/k/v biases

@@ -36,11 +36,11 @@ def render_text(d: dict) -> str:
     if m["arch"] == "deepseek_v3":
         lines.append(f"  MLA: q_lora_rank {m['q_lora_rank']}, kv_lora_rank {m['kv_lora_rank']}, "
                      f"qk nope/rope {m['qk_nope_head_dim']}/{m['qk_rope_head_dim']}, v {m['v_head_dim']}")
-        if m["n_routed_experts"]:
-            lines.append(f"  MoE: {m['n_routed_experts']} routed (top-{m['num_experts_per_tok']}, {m['scoring_func']}, "
-                         f"groups {m['n_group']} top {m['topk_group']}) + {m['n_shared_experts']} shared, "
-                         f"expert ffn {m['moe_intermediate_size']}; first {m['first_k_dense_replace']} layers dense "
-                         f"(ffn {m['intermediate_size']}); MTP {m['num_nextn_predict_layers']}")
+    if m["arch"] != "dense" and m["n_routed_experts"]:
+        lines.append(f"  MoE: {m['n_routed_experts']} routed (top-{m['num_experts_per_tok']}, {m['scoring_func']}, "
+                     f"groups {m['n_group']} top {m['topk_group']}) + {m['n_shared_experts']} shared, "
+                     f"expert ffn {m['moe_intermediate_size']}; first {m['first_k_dense_replace']} layers dense "
+                     f"(ffn {m['intermediate_size']}); MTP {m['num_nextn_predict_layers']}")
     lines.append(f"  {'layer':>5} {'kind':5} {'attention':>10} {'mlp':>10} {'total':>10} {'activated':>10}")
     for l in d["layers"]:
         lines.append(f"  {l['index']:>5} {l['kind']:5} {_fmt(l['attention']):>10} {_fmt(l['mlp_total']):>10} "

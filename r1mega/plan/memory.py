@@ -36,7 +36,7 @@ def mla_latent_down_params(m: ModelConfig) -> int:
     """Parameters of the MLA down-projections (q_down h x q_lora, kv_down h x (kv_lora + rope)).
 
     Megatron builds them 'duplicated' (replicated on every TP rank), vLLM as ReplicatedLinear."""
-    if m.arch == "dense":
+    if not m.mla:
         return 0
     return m.hidden_size * ((m.q_lora_rank or 0) + m.kv_lora_rank + m.qk_rope_head_dim)
 
@@ -97,7 +97,7 @@ def _attention_tensors(m: ModelConfig, T: float, t: int, a: float, g: float) -> 
     h, nh = m.hidden_size, m.num_attention_heads
     out = [(a * T / t * h, "keep"),          # input_layernorm input (sequence-parallel shard)
            (g * T / t * h, "ln_out")]        # its output: input of the first GEMMs
-    if m.arch == "dense":
+    if not m.mla:
         hd = m.head_dim or h // nh
         kv = m.num_key_value_heads or nh
         out += [(a * T * (nh + 2 * kv) * hd / t, "keep"),   # q, k, v (flash-attention inputs)
@@ -181,7 +181,7 @@ def kv_bytes_per_token_layer(m: ModelConfig, rollout_tp: int = 1, kv_bytes: int 
     """KV cache per token per layer on one GPU. MLA caches the latent (kv_lora_rank) and the
     shared RoPE key (qk_rope_head_dim), replicated on every TP rank (one latent 'head').
     Dense GQA caches K and V of its KV heads, split over TP (replicated once TP > KV heads)."""
-    if m.arch == "dense":
+    if not m.mla:
         nh = m.num_attention_heads
         hd = m.head_dim or m.hidden_size // nh
         kv = m.num_key_value_heads or nh

@@ -80,7 +80,7 @@ def layout_errors(inp: PlanInputs, tp: int, pp: int, ep: int, etp: int, cp: int)
         errs.append(f"world {world} % (ETP*EP*PP = {etp * ep * pp}) != 0")
     if m.num_attention_heads % tp:
         errs.append(f"attention heads {m.num_attention_heads} % TP {tp} != 0")
-    if m.arch == "dense":
+    if not m.mla:
         kv = m.num_key_value_heads or m.num_attention_heads
         if kv % tp:
             errs.append(f"KV heads {kv} % TP {tp} != 0")

@@ -69,7 +69,7 @@ def attention_flops_per_token_layer(inp: PlanInputs) -> float:
     """Forward score + value FLOPs per token per layer, causal (average context seq/2):
     2 * heads * (d_qk + d_v) * seq / 2."""
     m = inp.model
-    if m.arch == "dense":
+    if not m.mla:
         hd = m.head_dim or m.hidden_size // m.num_attention_heads
         dqk = dv = hd
     else:
