@@ -142,6 +142,12 @@ def check_rollout(cfg, world_size: Optional[int], rl: bool) -> None:
     max_len = ro.max_model_len or cfg.data.seq_length
     check(ro.max_new_tokens < max_len, "rollout.max_new_tokens",
           f"{ro.max_new_tokens} leaves no room for the prompt within {max_len} tokens (rollout.max_model_len or data.seq_length)")
+    if rl and ro.router_replay != "none":
+        check(model.is_moe, "rollout.router_replay", f"{ro.router_replay!r} replays MoE routing, but the model has no "
+              "routed experts (model.n_routed_experts=0); expected 'none' for a dense model")
+        check(ro.router_replay == "r3" or cfg.parallel.pipeline_parallel == 1, "rollout.router_replay",
+              f"'r2' records the routing in the trainer's log-prob forward, which needs parallel.pipeline_parallel=1 "
+              f"(got {cfg.parallel.pipeline_parallel}); use 'r3' or 'none'")
     grpo_temp = getattr(cfg.grpo, "temperature", None)
     if rl and grpo_temp is not None:
         check(ro.temperature == grpo_temp, "rollout.temperature",

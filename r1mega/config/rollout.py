@@ -7,6 +7,7 @@ from typing import Optional
 from .base import check, check_choice, check_int, check_positive, doc
 
 ENGINES = ("vllm", "megatron")
+ROUTER_REPLAY = ("none", "r2", "r3")
 
 
 @dataclass
@@ -28,9 +29,11 @@ class RolloutConfig:
     seed: int = doc(1234, "Sampling seed.")
     refit_bucket_mb: int = doc(256, "Size of the buckets weights are sent to vLLM in during a refit, in MiB.")
     mismatch_threshold: Optional[float] = doc(0.1, "Fail when the mean |rollout logprob - trainer logprob| of sampled tokens exceeds this (a broken refit); None = no check.")
+    router_replay: str = doc("none", "MoE routing replay in GRPO (docs/rollout.md, Router replay). 'none': every forward routes by itself. 'r2': the trainer's old-log-prob forward records each token's experts and the policy updates (and the reference forward) replay them (nothing to replay when a step makes one update from the training forward itself). 'r3': the rollout engine returns the experts it routed every prompt and sampled token to, and every trainer forward of the step replays them (vLLM on GPU; on CPU only rollout.engine='megatron'). MoE models only.")
 
     def validate(self, where: str = "rollout") -> None:
         check_choice(self.engine, ENGINES, f"{where}.engine")
+        check_choice(self.router_replay, ROUTER_REPLAY, f"{where}.router_replay")
         check_int(self.tensor_parallel, f"{where}.tensor_parallel")
         check(isinstance(self.gpu_memory_utilization, (int, float)) and 0 < self.gpu_memory_utilization <= 1,
               f"{where}.gpu_memory_utilization", f"got {self.gpu_memory_utilization!r}, expected 0 < value <= 1")

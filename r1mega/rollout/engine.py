@@ -34,7 +34,9 @@ class Completion:
     end-of-sequence token) or ``"length"`` (``max_new_tokens`` reached); ``stop_reason`` is the
     matched stop string, else None. ``token_ids`` always include the tokens that ended the
     completion (the end-of-sequence token, the tokens of a stop string); ``text`` keeps the stop
-    string only with ``include_stop_str_in_output``.
+    string only with ``include_stop_str_in_output``. ``routed_experts`` (router replay R3, else
+    None): ``[len(prompt) + len(token_ids) - 1, L, K]`` global expert ids every input token was
+    routed to in each MoE layer (the prompt's from the prefill; see :mod:`r1mega.train.router_replay`).
     """
 
     prompt_index: int
@@ -44,6 +46,7 @@ class Completion:
     text: str
     finish_reason: str
     stop_reason: object = None
+    routed_experts: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -75,7 +78,8 @@ class Rollouts:
     def to_batch(self, pad_id: int = 0) -> dict:
         """A next-token batch (:func:`r1mega.train.batching.lm_batch`) of the sequences, with the
         loss on completion tokens only, plus ``rollout_logprobs [B,S]`` aligned with ``labels``
-        (position ``t`` holds the engine's log-prob of ``labels[t]``; 0 where ``loss_mask`` is 0)."""
+        (position ``t`` holds the engine's log-prob of ``labels[t]``; 0 where ``loss_mask`` is 0), and
+        ``routed_experts [B,S,L,K]`` when the completions carry their routing (R3; 0 where none)."""
         from r1mega.train.batching import lm_batch
 
         seqs = self.sequences()
@@ -86,6 +90,15 @@ class Rollouts:
             if c.logprobs:
                 lp[row, p - 1:p - 1 + len(c.logprobs)] = torch.tensor(c.logprobs, dtype=lp.dtype)
         batch["rollout_logprobs"] = lp
+        routed = [c.routed_experts for c in self.completions]
+        if any(r is not None for r in routed):
+            if any(r is None for r in routed):
+                raise ValueError("router replay: some completions carry their routing and others do not")
+            B, S = batch["tokens"].shape
+            out = torch.zeros((B, S) + tuple(routed[0].shape[1:]), dtype=routed[0].dtype)
+            for row, r in enumerate(routed):
+                out[row, :r.size(0)] = torch.as_tensor(r)
+            batch["routed_experts"] = out
         return batch
 
 

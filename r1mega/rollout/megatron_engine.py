@@ -46,6 +46,7 @@ class _Row:
         self.reason = "length"
         self.stop_reason = None
         self.text = None  # set when a stop string cuts it, else decoded at the end
+        self.routed_experts = None  # R3: [prompt + completion - 1, L, K]
 
 
 def _controller_class():
@@ -61,9 +62,12 @@ def _controller_class():
         vocab_size: int = 0
         eos_id: Optional[int] = None
         decode = None
+        record = None  # R3: called after every forward step, while the routers record (see MegatronEngine)
 
         def sample_from_logits(self, last_token_logits, sampling_params=None, vocab_size=None,
                                generation_started=None, top_n_logprobs_dict=None, logits=None, **kwargs):
+            if self.record is not None:
+                self.record(len(self.rows))
             s = self.sampling
             out = torch.argmax(last_token_logits, dim=-1)
             for b, row in enumerate(self.rows):
@@ -121,7 +125,7 @@ class MegatronEngine(RolloutEngine):
     name = "megatron"
 
     def __init__(self, trainer_engine, tokenizer, sampling: Sampling, max_batch: int = 32,
-                 max_seq_len: Optional[int] = None):
+                 max_seq_len: Optional[int] = None, record_routing: bool = False):
         super().__init__(sampling)
         from megatron.core import parallel_state as ps
         from megatron.core.inference.contexts import StaticInferenceContext
@@ -160,6 +164,9 @@ class MegatronEngine(RolloutEngine):
             self.leader = self.leader and dp_rank == 0
             dp_rank, dp_size = 0, 1
         self.replica, self.replicas = dp_rank, dp_size
+        self.record_routing = record_routing
+        if record_routing and not trainer_engine.replay_routers:
+            raise ValueError("recording the routing (R3) needs the trainer built with router_replay=True")
 
     @classmethod
     def from_run_config(cls, cfg, trainer_engine, **kw) -> "MegatronEngine":
@@ -168,6 +175,7 @@ class MegatronEngine(RolloutEngine):
         tok = kw.pop("tokenizer", None) or load_tokenizer(run_tokenizer_dir(cfg.data))
         sampling = kw.pop("sampling", None) or Sampling.from_config(cfg.rollout)
         max_len = kw.pop("max_seq_len", None) or cfg.rollout.max_model_len or cfg.data.seq_length
+        kw.setdefault("record_routing", cfg.rollout.router_replay == "r3")
         return cls(trainer_engine, tok, sampling, max_seq_len=max_len, **kw)
 
     # ------------------------------------------------------------------- generate
@@ -187,6 +195,15 @@ class MegatronEngine(RolloutEngine):
                                                          prompt_tokens=list(p))) for k, p in enumerate(prompts))
         ctl = self.controller
         ctl.rows, ctl.sampling = rows, s
+        steps: list = []  # R3: each forward step's routing [b, step tokens, L, K]
+        routers = self.trainer.replay_routers if self.record_routing else []
+        if routers:
+            from r1mega.train import router_replay as rr
+
+            m = self.trainer.model_cfg
+            ctl.record = lambda b: steps.append(rr.take_recorded(
+                routers, b, rr.moe_layer_count(m), rr.routing_dtype(m.n_routed_experts), False))
+            rr.start_record(routers)
         sp = self.model.config.sequence_parallel
         if sp:  # Megatron's static inference runs without SP (it all-gathers in the MoE layers itself)
             set_model_to_sequence_parallel(self.model, False)
@@ -195,7 +212,13 @@ class MegatronEngine(RolloutEngine):
         finally:
             if sp:
                 set_model_to_sequence_parallel(self.model, True)
-            ctl.rows = []
+            ctl.rows, ctl.record = [], None
+            if routers:
+                rr.stop(routers)
+        if routers:  # every input position's routing: the prompt's and each sampled token's but the last
+            routing = torch.cat(steps, dim=1)
+            for b, (row, p) in enumerate(zip(rows, prompts)):
+                row.routed_experts = routing[b, :len(p) + len(row.tokens) - 1].clone()
         for row in rows:
             if row.text is None:
                 row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
@@ -211,7 +234,8 @@ class MegatronEngine(RolloutEngine):
         for k in range(0, len(rows), self.max_batch):
             chunk = rows[k:k + self.max_batch]
             self._generate_batch([prompts[r.key[0]] for r in chunk], chunk, s)
-        local = [Completion(r.key[0], r.key[1], r.tokens, r.logprobs, r.text, r.reason, r.stop_reason) for r in rows]
+        local = [Completion(r.key[0], r.key[1], r.tokens, r.logprobs, r.text, r.reason, r.stop_reason,
+                            routed_experts=r.routed_experts) for r in rows]
         if gather:
             groups = gather_shares([local[k * s.n:(k + 1) * s.n] for k in range(len(share))], share, self.leader,
                                     len(prompts))

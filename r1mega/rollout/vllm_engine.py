@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+import torch
+
 from r1mega.platform import vllm_settings as vs
 from r1mega.platform.distributed import init_distributed
 
@@ -121,6 +123,23 @@ class VllmEngine(RolloutEngine):
         return cls(cfg.model, cfg.rollout, tok, max_len, **kw)
 
     # ----------------------------------------------------------------- sampling
+    def _routed_experts(self, c, n: int):
+        """R3 (GPU only; NOT EXERCISED on the CPU machines, where vLLM cannot return them): vLLM's
+        ``routed_experts [n, num_hidden_layers, K]`` (every input token: prompt and sampled tokens but the
+        last), as ``[n, L, K]`` over the MoE layers (:mod:`r1mega.train.router_replay`)."""
+        if self.rollout_cfg.router_replay != "r3":
+            return None
+        from r1mega.train.router_replay import moe_layer_count, routing_dtype
+
+        r = getattr(c, "routed_experts", None)
+        first = self.model_cfg.first_k_dense_replace
+        if r is None or r.shape[0] != n or r.shape[1] < first + moe_layer_count(self.model_cfg):
+            raise RuntimeError(f"router replay r3: vLLM returned routed_experts of shape "
+                               f"{None if r is None else tuple(r.shape)}, expected [{n}, >= {self.model_cfg.num_layers}, "
+                               f"{self.model_cfg.num_experts_per_tok}]")
+        r = torch.as_tensor(r[:, first:first + moe_layer_count(self.model_cfg)].astype("int64"))
+        return r.to(routing_dtype(self.model_cfg.n_routed_experts))
+
     def _params(self, s: Sampling, seed: int):
         from vllm import SamplingParams
 
@@ -147,7 +166,8 @@ class VllmEngine(RolloutEngine):
             c = o.outputs[0]
             ids = list(c.token_ids)
             lps = [d[t].logprob for t, d in zip(ids, c.logprobs)] if c.logprobs is not None else []
-            local.append(Completion(i, j, ids, lps, c.text, c.finish_reason, c.stop_reason))
+            local.append(Completion(i, j, ids, lps, c.text, c.finish_reason, c.stop_reason,
+                                    routed_experts=self._routed_experts(c, len(prompts[i]) + len(ids) - 1)))
         if gather:
             groups = gather_shares([local[k * s.n:(k + 1) * s.n] for k in range(len(share))], share, self.leader,
                                     len(prompts))

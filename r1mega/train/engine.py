@@ -37,6 +37,7 @@ from r1mega.config.parallel import ParallelConfig
 from r1mega.model.builder import build_model
 from r1mega.platform.distributed import init_model_parallel
 from r1mega.train.batching import microbatches, pad_batch, take_rows, trim_positions
+from r1mega.train import router_replay as rr
 from r1mega.train.logprobs import vocab_parallel_logprobs
 from r1mega.train.metrics import finalize_metrics, reduce_metric_sums, reduce_metrics
 
@@ -55,19 +56,25 @@ class StepStats:
 class TrainEngine:
     def __init__(self, model: ModelConfig, parallel: ParallelConfig, optim: Optional[OptimizerConfig] = None, *,
                  seed: int = 1234, mtp: Optional[bool] = None, total_steps: Optional[int] = None,
-                 forward_micro_batch_size: Optional[int] = None):
+                 forward_micro_batch_size: Optional[int] = None, router_replay: bool = False):
         """``optim=None`` builds a frozen, forward-only model (reference policy, teacher).
         ``mtp=False`` drops the MTP layers (RL and log-prob passes); the default follows the config.
         ``forward_micro_batch_size``: rows per microbatch of a frozen engine's passes (None: the whole
-        batch at once); short rows then share microbatches cut to their length (see ``_run``)."""
+        batch at once); short rows then share microbatches cut to their length (see ``_run``).
+        ``router_replay``: build the MoE routers with Megatron's RouterReplay, so that a batch's
+        ``routed_experts`` is replayed and :meth:`logprobs` can record (:mod:`r1mega.train.router_replay`)."""
         from megatron.core.utils import get_model_config
 
         init_model_parallel(parallel, seed)
         self.model_cfg, self.parallel, self.optim_cfg = model, parallel, optim
         self.forward_micro_batch_size = forward_micro_batch_size
         self.mtp = bool(model.num_nextn_predict_layers) if mtp is None else mtp
-        chunks = build_model(model, parallel, mtp=self.mtp)
+        if router_replay and not model.is_moe:
+            raise ValueError("router replay needs a MoE model (model.n_routed_experts > 0)")
+        chunks = build_model(model, parallel, mtp=self.mtp, **({"moe_enable_routing_replay": True} if router_replay else {}))
         self.config = get_model_config(chunks[0])  # one config object, shared by every chunk
+        self.replay_routers = rr.routers(chunks, model.first_k_dense_replace) if router_replay else []
+        self._recording = False
         if parallel.virtual_pipeline:
             # Interleaved schedule: with PP=2 a rank's previous and next stage are the same peer, and
             # one batched p2p call both sends an activation and a gradient to it. Point-to-point
@@ -146,11 +153,35 @@ class TrainEngine:
         tokens = mb["tokens"]
         pos = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
         kw = {"padding_mask": self._padding_mask(model, pos, mb["lengths"])} if "lengths" in mb else {}
-        if self.mtp:  # MTP needs labels: the model returns per-token CE and hooks in the MTP loss
-            out = model(tokens, pos, None, labels=mb["labels"], **kw)
-        else:
-            out = model(tokens, pos, None, **kw)
+        replay = self._routing_action(mb)
+        try:
+            if self.mtp:  # MTP needs labels: the model returns per-token CE and hooks in the MTP loss
+                out = model(tokens, pos, None, labels=mb["labels"], **kw)
+            else:
+                out = model(tokens, pos, None, **kw)
+            if replay == "record":
+                mb = {**mb, "_routing": rr.take_recorded(
+                    self.replay_routers, tokens.size(0), rr.moe_layer_count(self.model_cfg),
+                    rr.routing_dtype(self.model_cfg.n_routed_experts), self.config.sequence_parallel)}
+        finally:
+            if replay:
+                rr.stop(self.replay_routers)
         return out, functools.partial(loss_wrapper, mb)
+
+    def _routing_action(self, mb: dict) -> Optional[str]:
+        """Arm the routers for this microbatch's forward: replay its ``routed_experts``, or record the
+        routing (:meth:`logprobs` with ``record_routing``); None: ordinary routing."""
+        if not self.replay_routers:
+            if "routed_experts" in mb:
+                raise ValueError("the batch carries routed_experts but the engine was built without router_replay")
+            return None
+        if "routed_experts" in mb:
+            rr.set_replay(self.replay_routers, mb["routed_experts"], self.config.sequence_parallel)
+            return "replay"
+        if self._recording:
+            rr.start_record(self.replay_routers)
+            return "record"
+        return None
 
     def _padding_mask(self, model, pos: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Megatron's MoE ``padding_mask``: ``[b, S]``, True at padding (``pos >= lengths``), which the routers
@@ -316,21 +347,42 @@ class TrainEngine:
         return reduce_metrics(stores if self._is_last_stage() else [], src_last_stage=True)
 
     @torch.no_grad()
-    def logprobs(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+    def logprobs(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False,
+                 record_routing: bool = False):
         """Per-token log-probs ``[B,S]`` of ``batch['labels']`` (and entropy if asked), on every rank; 0 at
-        the padding positions (``t >= lengths[i]``) of a batch with ``lengths``."""
+        the padding positions (``t >= lengths[i]``) of a batch with ``lengths``.
+
+        ``record_routing`` (an engine built with ``router_replay``; R2): also return the experts every
+        token was routed to, ``routed_experts [B, S, L, K]`` (:mod:`r1mega.train.router_replay`), as the
+        last item. A batch that carries ``routed_experts`` is replayed instead."""
         from megatron.core import parallel_state as ps
 
         for c in self.chunks:
             c.eval()
         B, S = batch["tokens"].shape
+        if record_routing:
+            if not self.replay_routers:
+                raise ValueError("record_routing needs an engine built with router_replay=True")
+            if "routed_experts" in batch:
+                raise ValueError("record_routing: the batch already carries routed_experts (they would be replayed)")
+            if self.parallel.pipeline_parallel > 1:
+                raise ValueError("recording the routing (R2) needs pipeline_parallel=1 (R3 replays at any layout)")
 
         def keep(mb, output):
             lp, ent = self._token_logprobs(output, mb, temperature, with_entropy)
             out = torch.stack([lp, ent if ent is not None else torch.zeros_like(lp)])
-            return torch.zeros((), device=lp.device), {"_out": out}
+            extra = {"_routing": mb["_routing"]} if record_routing else {}
+            return torch.zeros((), device=lp.device), {"_out": out, **extra}
 
-        stores, order = self._run(batch, keep, forward_only=True)
+        self._recording = record_routing
+        try:
+            stores, order = self._run(batch, keep, forward_only=True)
+        finally:
+            self._recording = False
+        if record_routing:
+            routing = _unsplit([s["_routing"] for s in stores], order, B, S)
+            if "lengths" in batch:  # padding positions were routed too: keep them unrecorded (zeros)
+                routing[torch.arange(S)[None] >= batch["lengths"].cpu()[:, None]] = 0
         if self._is_last_stage():
             outs = [s["_out"] for s in stores]  # [2, b, S'], S' cut to the microbatch's rows: pad back
             width = max(S, max(o.size(2) for o in outs))
@@ -346,7 +398,20 @@ class TrainEngine:
             out = torch.empty(2, B, S)
         if ps.get_pipeline_model_parallel_world_size() > 1:
             dist.broadcast(out, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
-        return (out[0], out[1]) if with_entropy else out[0]
+        res = (out[0], out[1]) if with_entropy else (out[0],)
+        res = res + (routing,) if record_routing else res
+        return res if len(res) > 1 else res[0]
+
+
+def _unsplit(parts: list, order, B: int, S: int, dim: int = 0) -> torch.Tensor:
+    """Microbatch outputs (rows along ``dim``, positions cut to their microbatch) back into the batch's
+    row order, ``B`` rows of ``S`` positions (the zero padding rows and positions dropped)."""
+    width = max(S, max(p.size(dim + 1) for p in parts))
+    pads = [[0, 0] * (p.dim() - dim - 2) + [0, width - p.size(dim + 1)] for p in parts]
+    out = torch.cat([F.pad(p, pad) for p, pad in zip(parts, pads)], dim=dim)
+    if order is not None:
+        out = out.index_select(dim, torch.argsort(order).to(out.device))
+    return out.narrow(dim, 0, B).narrow(dim + 1, 0, S)
 
 
 def _pairs_rows(loss_fn) -> bool:
