@@ -29,7 +29,8 @@ PRESETS: dict[str, dict] = {
         num_experts_per_tok=8, scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
         n_group=8, topk_group=4, expert_bias=True, seq_aux_loss_coeff=1e-4,
         num_nextn_predict_layers=1, params_dtype="bfloat16"),
-    # DeepSeek-V2-Lite: 15.7B total, ~2.4B activated (softmax router, no q LoRA, no MTP).
+    # DeepSeek-V2-Lite: 15.7B total, ~2.4B activated (softmax router: top-6 of the full softmax, unnormalised,
+    # greedy, scaling 1.0; no q LoRA, no MTP). Exports as DeepseekV2ForCausalLM.
     "deepseek-v2-lite": dict(
         vocab_size=102400, hidden_size=2048, num_layers=27, intermediate_size=10944,
         num_attention_heads=16, max_position_embeddings=163840, rms_norm_eps=1e-6,
@@ -38,6 +39,25 @@ PRESETS: dict[str, dict] = {
         first_k_dense_replace=1, n_routed_experts=64, n_shared_experts=2, moe_intermediate_size=1408,
         num_experts_per_tok=6, scoring_func="softmax", norm_topk_prob=False, routed_scaling_factor=1.0,
         n_group=1, topk_group=1, expert_bias=False, seq_aux_loss_coeff=1e-3,
+        num_nextn_predict_layers=0, params_dtype="bfloat16"),
+    # Qwen3-30B-A3B: 30.5B total, 3.3B activated (GQA 32/4 with q/k norms, head_dim 128; 128 experts, softmax
+    # top-8 renormalised, no shared expert, every layer MoE).
+    "qwen3-30b-a3b": dict(
+        arch="qwen3_moe", vocab_size=151936, hidden_size=2048, num_layers=48, intermediate_size=6144,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, qk_norm=True, max_position_embeddings=40960,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None,
+        first_k_dense_replace=0, n_routed_experts=128, n_shared_experts=0, moe_intermediate_size=768,
+        num_experts_per_tok=8, scoring_func="softmax", norm_topk_prob=True, routed_scaling_factor=1.0,
+        n_group=1, topk_group=1, expert_bias=False, seq_aux_loss_coeff=1e-3, aux_loss_type="aux_loss",
+        num_nextn_predict_layers=0, params_dtype="bfloat16"),
+    # Qwen3-235B-A22B: 235B total, 22B activated (GQA 64/4, the 30B-A3B's routing).
+    "qwen3-235b-a22b": dict(
+        arch="qwen3_moe", vocab_size=151936, hidden_size=4096, num_layers=94, intermediate_size=12288,
+        num_attention_heads=64, num_key_value_heads=4, head_dim=128, qk_norm=True, max_position_embeddings=40960,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None,
+        first_k_dense_replace=0, n_routed_experts=128, n_shared_experts=0, moe_intermediate_size=1536,
+        num_experts_per_tok=8, scoring_func="softmax", norm_topk_prob=True, routed_scaling_factor=1.0,
+        n_group=1, topk_group=1, expert_bias=False, seq_aux_loss_coeff=1e-3, aux_loss_type="aux_loss",
         num_nextn_predict_layers=0, params_dtype="bfloat16"),
     # Moonlight-16B-A3B: DeepSeek-V3 architecture at 16B scale (sigmoid router + expert bias).
     "moonlight-16b": dict(
@@ -76,6 +96,8 @@ PUBLISHED = {
     "deepseek-v3": {"total": 671e9, "activated": 37e9},
     "deepseek-v2-lite": {"total": 15.7e9, "activated": 2.4e9},
     "moonlight-16b": {"total": 16e9, "activated": 3e9},
+    "qwen3-30b-a3b": {"total": 30.5e9, "activated": 3.3e9},
+    "qwen3-235b-a22b": {"total": 235e9, "activated": 22e9},
 }
 
 

@@ -260,3 +260,54 @@ def test_converter_round_trip_through_ep2_and_tp2_is_bit_exact(case, tmp_path):
     ids = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(src_model(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+# The architecture fields of published config.json files (abridged: token ids, transformers_version etc. left out).
+_QWEN3_MOE_PUBLISHED = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "attention_bias": False,
+                        "attention_dropout": 0.0, "decoder_sparse_step": 1, "head_dim": 128, "hidden_act": "silu",
+                        "initializer_range": 0.02, "max_position_embeddings": 40960, "mlp_only_layers": [],
+                        "norm_topk_prob": True, "num_experts": 128, "num_experts_per_tok": 8, "num_key_value_heads": 4,
+                        "output_router_logits": False, "rms_norm_eps": 1e-06, "rope_scaling": None,
+                        "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "sliding_window": None,
+                        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_sliding_window": False,
+                        "vocab_size": 151936}
+PUBLISHED = {
+    "qwen3-30b-a3b": {**_QWEN3_MOE_PUBLISHED, "hidden_size": 2048, "intermediate_size": 6144, "max_window_layers": 48,
+                      "moe_intermediate_size": 768, "num_attention_heads": 32, "num_hidden_layers": 48},
+    "qwen3-235b-a22b": {**_QWEN3_MOE_PUBLISHED, "hidden_size": 4096, "intermediate_size": 12288, "max_window_layers": 94,
+                        "moe_intermediate_size": 1536, "num_attention_heads": 64, "num_hidden_layers": 94},
+    "deepseek-v2-lite": {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "attention_bias": False,
+                         "aux_loss_alpha": 0.001, "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048,
+                         "initializer_range": 0.02, "intermediate_size": 10944, "kv_lora_rank": 512,
+                         "max_position_embeddings": 163840, "moe_intermediate_size": 1408, "moe_layer_freq": 1,
+                         "n_group": 1, "n_routed_experts": 64, "n_shared_experts": 2, "norm_topk_prob": False,
+                         "num_attention_heads": 16, "num_experts_per_tok": 6, "num_hidden_layers": 27,
+                         "num_key_value_heads": 16, "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                         "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40,
+                                                                 "mscale": 0.707, "mscale_all_dim": 0.707,
+                                                                 "original_max_position_embeddings": 4096, "type": "yarn"},
+                         "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax", "seq_aux": True,
+                         "tie_word_embeddings": False, "topk_group": 1, "topk_method": "greedy", "torch_dtype": "bfloat16",
+                         "v_head_dim": 128, "vocab_size": 102400},
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_configs_import_as_the_presets(name):
+    """The published config.json imports with the preset's architecture and routing fields, exports as the same
+    class, and counts within 1% of the published total (activated: the published figure has two digits)."""
+    from r1mega.model.counting import count_parameters
+    from r1mega.model.presets import PUBLISHED as TOTALS
+    from r1mega.model.presets import get_preset
+
+    cfg = PUBLISHED[name]
+    m, preset = from_hf_config(cfg), get_preset(name)
+    skip = {"preset", "init_std", "expert_bias_update_rate", "mtp_loss_scaling_factor"}
+    differ = {f.name: (getattr(m, f.name), getattr(preset, f.name)) for f in dataclasses.fields(m)
+              if f.name not in skip and getattr(m, f.name) != getattr(preset, f.name)}
+    assert differ == {}, differ
+    assert to_hf_config(m)["architectures"] == cfg["architectures"]
+    c, want = count_parameters(m), TOTALS[name]
+    assert abs(c.total / want["total"] - 1) < 0.01, c.total
+    if name.startswith("qwen3"):
+        assert abs(c.activated / want["activated"] - 1) < 0.02, c.activated
