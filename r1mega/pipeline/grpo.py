@@ -88,7 +88,8 @@ class GRPOStage:
         g = cfg.grpo
         self.G, self.P = g.group_size, g.prompts_per_step
         self.policy = TrainEngine(cfg.model, cfg.parallel, cfg.optimizer, seed=cfg.data.seed, mtp=False,
-                                  total_steps=stage.steps * max(1, g.updates_per_step))
+                                  total_steps=stage.steps * max(1, g.updates_per_step),
+                                  router_replay=cfg.rollout.router_replay != "none")
         self.tok = load_tokenizer_for(cfg, self.out)
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep_last=cfg.checkpoint.keep_last or 0)
         self.ref_ckpt = CheckpointManager(self.out / "reference", keep_last=1)
@@ -145,7 +146,8 @@ class GRPOStage:
             raise CheckpointError(f"{self.stage.name}: resuming at iteration {self.start}, the KL reference is the "
                                   f"policy of its last refresh (step {last}), but {saved} is missing")
         ref = TrainEngine(cfg.model, cfg.parallel, None, seed=cfg.data.seed, mtp=False,
-                          forward_micro_batch_size=cfg.optimizer.micro_batch_size)
+                          forward_micro_batch_size=cfg.optimizer.micro_batch_size,
+                          router_replay=cfg.rollout.router_replay != "none")
         if last == 0 and init is not None:
             self.ref_ckpt.load(ref, init, load_optimizer=False)
         elif last == self.start:  # a fresh start without init, or a resume exactly at a refresh: the policy
@@ -333,8 +335,12 @@ class GRPOStage:
         # old_from_current) and the mismatch check runs inside the step, before the weights change.
         reuse = g.reuse_old_logprobs
         t = time.time()
-        if not reuse:
-            local["old_logprobs"] = self.policy.logprobs(local, temperature=T)
+        if not reuse:  # (router replay: R3 rollouts carry routed_experts; R2 records them here, docs/rollout.md)
+            r2 = self.cfg.rollout.router_replay == "r2"
+            old = self.policy.logprobs(local, temperature=T, record_routing=r2)
+            if r2:
+                old, local["routed_experts"] = old
+            local["old_logprobs"] = old
         if self.ref is not None:
             local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
         t_lp = time.time() - t
