@@ -113,7 +113,8 @@ class GRPOStage:
         vllm = cfg.rollout.engine == "vllm"  # (the Megatron engine generates with the policy itself)
         # the largest generate call: P prompts x G (dynamic sampling's extra rounds ask for up to 2x the missing prompts)
         self.rollout = make_engine(cfg, self.policy, **({"load_trainer_weights": True} if vllm else {}),
-                                   max_batch=self.P * self.G * (2 if g.dynamic_sampling else 1))
+                                   max_batch=self.P * self.G * (2 if g.dynamic_sampling else 1),
+                                   record_routing=cfg.rollout.router_replay == "r3")
         # All-scenario RL: a frozen Bradley-Terry reward model scores the general (helpfulness) prompts.
         self.model_reward = None
         if cfg.rewards.reward_model:

@@ -192,11 +192,12 @@ VLLM_CPU_NO_ROUTED_EXPERTS = (
     "and Triton has no CPU backend); on CPU use rollout.engine='megatron' for R3, or rollout.router_replay='r2'")
 
 
-def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None) -> VllmSettings:
-    """Settings for a :class:`~r1mega.config.rollout.RolloutConfig` and model on this machine."""
+def vllm_settings(rollout, model_cfg, on_gpu: Optional[bool] = None, routed_experts: bool = False) -> VllmSettings:
+    """Settings for a :class:`~r1mega.config.rollout.RolloutConfig` and model on this machine;
+    ``routed_experts``: return every token's routed experts (router replay R3, GPU only)."""
     gpu = has_cuda() if on_gpu is None else on_gpu
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # colocated: the engine core runs in this process
-    r3 = getattr(rollout, "router_replay", "none") == "r3"
+    r3 = routed_experts
     if gpu:
         kwargs = dict(gpu_memory_utilization=rollout.gpu_memory_utilization, enforce_eager=rollout.enforce_eager,
                       enable_sleep_mode=rollout.enable_sleep_mode)

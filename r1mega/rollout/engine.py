@@ -193,7 +193,9 @@ def make_engine(cfg, trainer_engine=None, **kwargs) -> RolloutEngine:
     engine generates with its model directly; the vLLM engine needs it only for :meth:`refit`
     (pass ``load_trainer_weights=True`` to refit once right after start-up). ``max_batch``: the most
     sequences one ``generate`` call of the stage asks for (prompts x samples); vLLM-CPU's KV cache is
-    sized for it (:func:`r1mega.platform.vllm_settings.run_kv_cache_size`).
+    sized for it (:func:`r1mega.platform.vllm_settings.run_kv_cache_size`). ``record_routing``: completions
+    carry the experts each token was routed to (router replay R3; GRPO passes it for
+    ``rollout.router_replay: r3``, other stages never record).
     """
     kind = cfg.rollout.engine
     max_batch = kwargs.pop("max_batch", None)

@@ -175,7 +175,6 @@ class MegatronEngine(RolloutEngine):
         tok = kw.pop("tokenizer", None) or load_tokenizer(run_tokenizer_dir(cfg.data))
         sampling = kw.pop("sampling", None) or Sampling.from_config(cfg.rollout)
         max_len = kw.pop("max_seq_len", None) or cfg.rollout.max_model_len or cfg.data.seq_length
-        kw.setdefault("record_routing", cfg.rollout.router_replay == "r3")
         return cls(trainer_engine, tok, sampling, max_seq_len=max_len, **kw)
 
     # ------------------------------------------------------------------- generate

