@@ -156,6 +156,9 @@ class ModelConfig:
               f"got {self.num_experts_per_tok}, expected 1..n_routed_experts={self.n_routed_experts}")
         if self.expert_bias:
             check(self.scoring_func == "sigmoid", f"{where}.expert_bias", "the aux-loss-free expert bias needs scoring_func='sigmoid'")
+        check(not (self.mla and self.scoring_func == "softmax" and self.norm_topk_prob), f"{where}.norm_topk_prob",
+              "true with scoring_func='softmax' on MLA matches no Hugging Face architecture (DeepSeek-V2 takes the "
+              "top-k of the full softmax unnormalised: norm_topk_prob false)")
         groups = self.n_group or 1
         if groups > 1:
             check(self.n_routed_experts % groups == 0, f"{where}.n_group",

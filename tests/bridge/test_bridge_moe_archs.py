@@ -311,3 +311,20 @@ def test_published_configs_import_as_the_presets(name):
     assert abs(c.total / want["total"] - 1) < 0.01, c.total
     if name.startswith("qwen3"):
         assert abs(c.activated / want["activated"] - 1) < 0.02, c.activated
+
+
+def test_model_config_refuses_routing_no_hf_architecture_has():
+    """Set by hand (a preset plus overrides), routing that no exported class runs is one line naming the field."""
+    from r1mega.model.presets import get_preset
+
+    with pytest.raises(ConfigError, match=r"^model\.norm_topk_prob: true with scoring_func='softmax' on MLA"):
+        get_preset("deepseek-v2-lite", norm_topk_prob=True).validate()
+    with pytest.raises(ConfigError, match=r"^model\.topk_group: group-limited softmax routing .* top-2"):
+        get_preset("deepseek-v2-lite", n_group=8, topk_group=3).validate()  # DeepSeek-V2's 6 from 3 of 8 groups
+    q = dict(arch="qwen3_moe", qk_norm=True, n_routed_experts=8, n_shared_experts=0, scoring_func="softmax",
+             routed_scaling_factor=1.0, n_group=1, expert_bias=False, first_k_dense_replace=1)
+    get_preset("tiny-dense", **q).validate()
+    for field, value in (("n_shared_experts", 1), ("scoring_func", "sigmoid"), ("routed_scaling_factor", 2.5),
+                         ("qk_norm", False), ("n_group", 2)):
+        with pytest.raises(ConfigError, match=rf"^model\.{field}: .*qwen3_moe"):
+            get_preset("tiny-dense", **{**q, field: value}).validate()
