@@ -11,3 +11,10 @@ except ImportError:
     pass
 
 import r1mega.cli  # noqa: F401,E402
+
+from r1mega.platform.lifeline import die_with_parent  # noqa: E402
+
+# The fork server itself ends with the scheduler (SIGKILL), kill -9 included: left to end by itself when the
+# scheduler is gone, it shut its interpreter (torch, Megatron-Core, vLLM) down for 5-14 s on a busy machine, a
+# process of the run outliving it (found by tools/chaos.py). Its stage processes have their own lifelines.
+die_with_parent()

@@ -106,3 +106,40 @@ def test_chaos_short_pipeline_survives_random_kills(tmp_path):
     assert res["kills"] == 1, res
     assert res["findings"] == [] and res["differences"] == [], res
     assert res["identical"]
+
+
+SCHEDULER = """
+import multiprocessing, sys, time
+from multiprocessing import forkserver
+ctx = multiprocessing.get_context("forkserver")
+ctx.set_forkserver_preload(["r1mega.pipeline.stage_imports"])  # as the stage scheduler does
+p = ctx.Process(target=time.sleep, args=(0,))
+p.start()
+p.join()
+print(forkserver._forkserver._forkserver_pid, flush=True)
+time.sleep(600)
+"""
+
+# A subreaper: the fork server, orphaned by the kill, becomes its child, so how it ended can be read
+REAPER = """
+import ctypes, json, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+sched = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+fs = int(sched.stdout.readline())
+os.kill(sched.pid, signal.SIGKILL)
+sched.wait()
+t = time.time()
+_, status = os.waitpid(fs, 0)
+print(json.dumps({"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "seconds": time.time() - t}))
+"""
+
+
+def test_the_schedulers_fork_server_dies_with_it():
+    """Found by the chaos run: after kill -9 of `r1mega run` (and after a normal exit) the scheduler's fork server,
+    which holds torch, Megatron-Core and vLLM, went on for 5-14 s (interpreter shutdown on a busy machine). It now
+    gets SIGKILL with its parent."""
+    proc = subprocess.run([sys.executable, "-c", REAPER, SCHEDULER], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["signal"] == 9, res  # before: None (it exited by itself, after its interpreter's shutdown)
