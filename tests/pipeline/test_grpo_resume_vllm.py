@@ -96,3 +96,59 @@ def test_stopped_and_resumed_vllm_run_reproduces_samples_rewards_and_losses(tmp_
         for k in ("reward/total", "train/loss/pg", "train/loss/kl", "train/kl/k3", "train/grad_norm", "train/lr"):
             assert got[step][k] == want[step][k], (step, k, got[step][k], want[step][k])
     assert want[3]["train/kl/k3"] > 0  # the reference was used, and is the same one after the resume
+
+
+def _cli_cfg(tmp_path, run: str):
+    """The same stage as a user runs it (`r1mega run`), real rewards: a random model earns none, so the
+    KL term (kl/k3, loss/kl, grad_norm) is what shows whether the samples and the reference are the same."""
+    import yaml
+
+    overrides = {"model": {"preset": "tiny-dense", "num_layers": 1},
+                 "data": {"seq_length": 128, "tasks": ["arith"], "difficulties": [1]},
+                 "rollout": {"engine": "vllm", "max_new_tokens": 8, "stop": []},
+                 "grpo": {"group_size": 4, "prompts_per_step": 2, "kl_coef": 0.05},
+                 "optimizer": {"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 1, "micro_batch_size": 8},
+                 "logging": {"tensorboard": False, "progress_bar": False}, "checkpoint": {"save_interval": 1},
+                 "pipeline": {"run_dir": str(tmp_path / run), "stages": [{"name": "rl", "kind": "grpo", "steps": STEPS}]}}
+    path = tmp_path / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(overrides))
+    return path
+
+
+def test_kill9_during_a_vllm_grpo_stage_then_rerun_reproduces_the_run(tmp_path):
+    """`r1mega run` of a GRPO stage (vLLM engine, KL on) is SIGKILLed once its step-1 checkpoint exists;
+    rerunning the same command resumes and logs exactly the uninterrupted run's step 2 and 3."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "r1mega.cli", "run"]
+    full = subprocess.run(cmd + [str(_cli_cfg(tmp_path, "full"))], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    cfg = _cli_cfg(tmp_path, "killed")
+    latest = tmp_path / "killed" / "rl" / "checkpoints" / "latest"
+    proc = subprocess.Popen(cmd + [str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not (latest.exists() and latest.read_text().strip() == "step_00000001"):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its step-1 checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the stage, its vLLM engine and reward workers at once
+    proc.wait()
+    rows = _metrics(tmp_path / "killed")
+    assert max(rows) < STEPS  # killed before the end
+    again = subprocess.run(cmd + [str(cfg)], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout
+    want, got = _metrics(tmp_path / "full"), _metrics(tmp_path / "killed")
+    assert sorted(got) == [1, 2, 3]
+    for step in (2, 3):
+        for k in ("reward/total", "train/loss/pg", "train/loss/kl", "train/kl/k3", "train/grad_norm", "train/lr",
+                  "response/length_mean"):
+            assert got[step][k] == want[step][k], (step, k, got[step][k], want[step][k])
+    assert want[3]["train/kl/k3"] > 0
