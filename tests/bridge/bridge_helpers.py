@@ -52,3 +52,45 @@ def hf_logprobs(model, batch: dict) -> torch.Tensor:
     """Per-token log-probs [B,S] of batch['labels'] from a transformers causal LM (right padding)."""
     logits = model(input_ids=batch["tokens"]).logits.float()
     return torch.log_softmax(logits, dim=-1).gather(-1, batch["labels"].unsqueeze(-1)).squeeze(-1)
+
+
+def check_through_megatron(name: str, hf_model, hf_dir: Path, model_cfg, engine, seq_len: int) -> float:
+    """A transformers model and its Megatron conversion: log-probs within fp32 tolerance (far from uniform),
+    the export back to HF bit-exact tensor for tensor, and the architecture's parameter count equal to the
+    built model's. Returns the max |log-prob difference|."""
+    from safetensors.torch import load_file
+
+    from r1mega.bridge import hf_state_dict
+    from r1mega.config.parallel import ParallelConfig
+    from r1mega.model.builder import padded_vocab_size
+    from r1mega.model.counting import count_parameters
+    from r1mega.train.batching import lm_batch
+
+    batch = lm_batch(sequences(model_cfg.vocab_size, n=3, length=seq_len))
+    ours, theirs = engine.logprobs(batch), hf_logprobs(hf_model, batch)
+    mask = batch["loss_mask"].bool()
+    diff = (ours - theirs)[mask].abs().max().item()
+    print(f"{name}: max |log-prob diff| = {diff:.2e} over {int(mask.sum())} tokens "
+          f"(mean log-prob {ours[mask].mean():.3f}, std {ours[mask].std():.3f})")
+    assert diff < 1e-4
+    assert ours[mask].std() > 0.5  # far from uniform
+    src = load_file(str(Path(hf_dir) / "model.safetensors"))
+    back = hf_state_dict(engine, model_cfg, ParallelConfig())
+    assert sorted(back) == sorted(src)
+    assert [k for k in src if not torch.equal(src[k], back[k])] == []
+    built = sum(p.numel() for mod in modules_of(engine) for p in mod.parameters())
+    assert count_parameters(model_cfg, padded_vocab_size(model_cfg.vocab_size)).total == built
+    return diff
+
+
+def refused(cfg: dict, key: str, what: str) -> None:
+    """``from_hf_config(cfg)`` fails with one line naming ``config.json:KEY`` and saying ``what``."""
+    import pytest
+
+    from r1mega.bridge import from_hf_config
+    from r1mega.config.base import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        from_hf_config(cfg)
+    msg = str(e.value)
+    assert f"config.json:{key}" in msg and what in msg and "\n" not in msg, msg

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bridge_helpers import hf_logprobs, sequences
-from r1mega.bridge import from_hf_config, hf_state_dict, load_hf_weights, read_hf_config, to_hf_config
+from bridge_helpers import check_through_megatron, hf_logprobs, refused, sequences
+from r1mega.bridge import from_hf_config, load_hf_weights, read_hf_config, to_hf_config
 from r1mega.config.base import ConfigError
 from r1mega.config.parallel import ParallelConfig
 from r1mega.train.batching import lm_batch
@@ -104,29 +104,11 @@ def test_hf_config_round_trip(case, tmp_path):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_transformers_model_through_megatron(case, tmp_path):
-    from r1mega.bridge.local import modules_of
-    from r1mega.model.builder import padded_vocab_size
-    from r1mega.model.counting import count_parameters
-
     hf = _hf_model(case, tmp_path / "hf")
     m, engine = _megatron(tmp_path / "hf")
-    batch = lm_batch(sequences(m.vocab_size, n=3, length=SEQ_LEN))
-    ours, theirs = engine.logprobs(batch), hf_logprobs(hf, batch)
-    diff = _diff(ours, theirs, batch)
-    mask = batch["loss_mask"].bool()
-    print(f"{case}: max |log-prob diff| = {diff:.2e} over {int(mask.sum())} tokens "
-          f"(mean log-prob {ours[mask].mean():.3f}, std {ours[mask].std():.3f})")
-    assert diff < 1e-4
-    assert ours[mask].std() > 0.5  # far from uniform
-    # back to HF: every tensor bit-exact (a tied Qwen2 has no lm_head.weight, as transformers saved it)
-    src = load_file(str(tmp_path / "hf" / "model.safetensors"))
-    back = hf_state_dict(engine, m, ParallelConfig())
-    assert sorted(back) == sorted(src)
-    assert [k for k in src if not torch.equal(src[k], back[k])] == []
-    assert ("lm_head.weight" in src) == (case != "qwen2")
-    # the parameter count of the architecture equals the Megatron model's
-    built = sum(p.numel() for mod in modules_of(engine) for p in mod.parameters())
-    assert count_parameters(m, padded_vocab_size(m.vocab_size)).total == built
+    check_through_megatron(case, hf, tmp_path / "hf", m, engine, SEQ_LEN)
+    # a tied Qwen2 has no lm_head.weight, as transformers saved it
+    assert ("lm_head.weight" in load_file(str(tmp_path / "hf" / "model.safetensors"))) == (case != "qwen2")
 
 
 def test_the_parity_checks_have_teeth(tmp_path, monkeypatch):
@@ -163,13 +145,6 @@ def test_the_parity_checks_have_teeth(tmp_path, monkeypatch):
     assert all(v > 0.1 for v in off.values()), off
 
 
-def _refused(cfg: dict, key: str, what: str):
-    with pytest.raises(ConfigError) as e:
-        from_hf_config(cfg)
-    msg = str(e.value)
-    assert f"config.json:{key}" in msg and what in msg and "\n" not in msg, msg
-
-
 @pytest.mark.parametrize("case,change,key,what", [
     ("qwen2", {"use_sliding_window": True, "sliding_window": 64}, "use_sliding_window", "sliding-window attention"),
     ("qwen2", {"layer_types": ["full_attention", "sliding_attention"]}, "layer_types", "sliding-window attention"),
@@ -190,7 +165,7 @@ def test_unsupported_options_are_one_line_naming_the_key(case, change, key, what
     cfg = {**to_hf_config(from_hf_config(_hf_config(case).to_dict())), **change}
     if "rope_scaling" in change:
         cfg.pop("rope_parameters", None)
-    _refused(cfg, key, what)
+    refused(cfg, key, what)
 
 
 def test_model_config_refuses_what_no_hf_architecture_has():

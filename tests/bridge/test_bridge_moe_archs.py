@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bridge_helpers import hf_logprobs, sequences
-from r1mega.bridge import from_hf_config, hf_state_dict, load_hf_weights, read_hf_config, to_hf_config
+from bridge_helpers import check_through_megatron, hf_logprobs, refused, sequences
+from r1mega.bridge import from_hf_config, load_hf_weights, read_hf_config, to_hf_config
 from r1mega.config.base import ConfigError
 from r1mega.config.parallel import ParallelConfig
 from r1mega.train.batching import lm_batch
@@ -132,26 +132,9 @@ def test_hf_config_round_trip(case, tmp_path):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_transformers_model_through_megatron(case, tmp_path):
-    from r1mega.bridge.local import modules_of
-    from r1mega.model.builder import padded_vocab_size
-    from r1mega.model.counting import count_parameters
-
     hf = _hf_model(case, tmp_path / "hf")
     m, engine = _megatron(tmp_path / "hf")
-    batch = lm_batch(sequences(m.vocab_size, n=3, length=SEQ_LEN))
-    ours, theirs = engine.logprobs(batch), hf_logprobs(hf, batch)
-    diff = _diff(ours, theirs, batch)
-    mask = batch["loss_mask"].bool()
-    print(f"{case}: max |log-prob diff| = {diff:.2e} over {int(mask.sum())} tokens "
-          f"(mean log-prob {ours[mask].mean():.3f}, std {ours[mask].std():.3f})")
-    assert diff < 1e-4
-    assert ours[mask].std() > 0.5  # far from uniform
-    src = load_file(str(tmp_path / "hf" / "model.safetensors"))
-    back = hf_state_dict(engine, m, ParallelConfig())
-    assert sorted(back) == sorted(src)
-    assert [k for k in src if not torch.equal(src[k], back[k])] == []
-    built = sum(p.numel() for mod in modules_of(engine) for p in mod.parameters())
-    assert count_parameters(m, padded_vocab_size(m.vocab_size)).total == built
+    check_through_megatron(case, hf, tmp_path / "hf", m, engine, SEQ_LEN)
 
 
 def test_the_routing_checks_have_teeth(tmp_path):
@@ -171,7 +154,7 @@ def test_the_routing_checks_have_teeth(tmp_path):
 
 
 @torch.no_grad()
-def test_group_ranking_differs_where_refused():
+def test_group_ranking_differs_whererefused():
     """4 experts in 2 groups, top-2 from 1 group. Scores [0.30, 0.00 | 0.20, 0.20] (after the softmax): DeepSeek-V2
     (transformers) ranks group 0 first by its best expert (0.30 > 0.20) and picks experts {0, 1}; Megatron-Core
     ranks by the sum of the top-(2 // 1) = top-2 (0.30 < 0.40) and picks {2, 3}. So the bridge refuses
@@ -202,13 +185,6 @@ def test_group_ranking_differs_where_refused():
     assert sorted(hf_idx[0].tolist()) == meg_map[0].nonzero().flatten().tolist()
 
 
-def _refused(cfg: dict, key: str, what: str):
-    with pytest.raises(ConfigError) as e:
-        from_hf_config(cfg)
-    msg = str(e.value)
-    assert f"config.json:{key}" in msg and what in msg and "\n" not in msg, msg
-
-
 @pytest.mark.parametrize("case,change,key,what", [
     ("qwen3_moe", {"decoder_sparse_step": 2, "mlp_only_layers": []}, "decoder_sparse_step", "not all layers after a dense prefix"),
     ("qwen3_moe", {"mlp_only_layers": [1]}, "mlp_only_layers", "not all layers after a dense prefix"),
@@ -220,7 +196,7 @@ def _refused(cfg: dict, key: str, what: str):
     ("deepseek_v2_grouped", {"num_experts_per_tok": 4}, "topk_group", "they pick different experts"),
 ])
 def test_unsupported_options_are_one_line_naming_the_key(case, change, key, what):
-    _refused({**to_hf_config(from_hf_config(_hf_config(case).to_dict())), **change}, key, what)
+    refused({**to_hf_config(from_hf_config(_hf_config(case).to_dict())), **change}, key, what)
 
 
 @pytest.mark.slow
