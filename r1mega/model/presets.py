@@ -18,6 +18,12 @@ _YARN_V3 = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 40
 _YARN_V2 = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
             "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
 
+_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+# What every dense preset shares: no experts (first_k_dense_replace = num_layers), no MTP, BF16, as a
+# published checkpoint imports.
+_DENSE = dict(arch="dense", n_routed_experts=0, num_nextn_predict_layers=0, params_dtype="bfloat16")
+
 PRESETS: dict[str, dict] = {
     # DeepSeek-V3 / R1: 671B total, ~37B activated.
     "deepseek-v3": dict(
@@ -59,6 +65,32 @@ PRESETS: dict[str, dict] = {
         num_experts_per_tok=8, scoring_func="softmax", norm_topk_prob=True, routed_scaling_factor=1.0,
         n_group=1, topk_group=1, expert_bias=False, seq_aux_loss_coeff=1e-3, aux_loss_type="aux_loss",
         num_nextn_predict_layers=0, params_dtype="bfloat16"),
+    # Dense models (GQA + SwiGLU, every layer dense), the R1 paper's distillation students and their bases;
+    # each equals what its published config.json imports to (r1mega.bridge.from_hf_config).
+    # Qwen2.5: biases on q/k/v (exports as Qwen2ForCausalLM); the 1.5B ties its embeddings.
+    "qwen2.5-1.5b": dict(_DENSE, vocab_size=151936, hidden_size=1536, num_layers=28, first_k_dense_replace=28,
+                         intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2, qkv_bias=True,
+                         tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-6,
+                         rope_theta=1000000.0),
+    "qwen2.5-7b": dict(_DENSE, vocab_size=152064, hidden_size=3584, num_layers=28, first_k_dense_replace=28,
+                       intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4, qkv_bias=True,
+                       max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1000000.0),
+    "qwen2.5-32b": dict(_DENSE, vocab_size=152064, hidden_size=5120, num_layers=64, first_k_dense_replace=64,
+                        intermediate_size=27648, num_attention_heads=40, num_key_value_heads=8, qkv_bias=True,
+                        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=1000000.0),
+    # Qwen3: per-head q/k norms, head_dim 128 (not hidden / heads for every size).
+    "qwen3-8b": dict(_DENSE, vocab_size=151936, hidden_size=4096, num_layers=36, first_k_dense_replace=36,
+                     intermediate_size=12288, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     qk_norm=True, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0),
+    # Llama 3.1 / 3.3: no biases, Llama 3 RoPE frequency bands.
+    "llama-3.1-8b": dict(_DENSE, vocab_size=128256, hidden_size=4096, num_layers=32, first_k_dense_replace=32,
+                         intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                         rope_scaling=_LLAMA3_ROPE),
+    "llama-3.3-70b": dict(_DENSE, vocab_size=128256, hidden_size=8192, num_layers=80, first_k_dense_replace=80,
+                          intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
+                          max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                          rope_scaling=_LLAMA3_ROPE),
     # Moonlight-16B-A3B: DeepSeek-V3 architecture at 16B scale (sigmoid router + expert bias).
     "moonlight-16b": dict(
         vocab_size=163840, hidden_size=2048, num_layers=27, intermediate_size=11264,
@@ -98,6 +130,13 @@ PUBLISHED = {
     "moonlight-16b": {"total": 16e9, "activated": 3e9},
     "qwen3-30b-a3b": {"total": 30.5e9, "activated": 3.3e9},
     "qwen3-235b-a22b": {"total": 235e9, "activated": 22e9},
+    # Dense: every parameter is activated.
+    "qwen2.5-1.5b": {"total": 1.54e9, "activated": 1.54e9},
+    "qwen2.5-7b": {"total": 7.61e9, "activated": 7.61e9},
+    "qwen2.5-32b": {"total": 32.5e9, "activated": 32.5e9},
+    "qwen3-8b": {"total": 8.19e9, "activated": 8.19e9},
+    "llama-3.1-8b": {"total": 8.03e9, "activated": 8.03e9},
+    "llama-3.3-70b": {"total": 70.6e9, "activated": 70.6e9},
 }
 
 

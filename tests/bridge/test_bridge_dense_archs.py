@@ -300,3 +300,20 @@ def test_published_configs_import(name):
     assert m.rope_scaling == ({**cfg["rope_scaling"]} if cfg.get("rope_scaling") else None)
     assert to_hf_config(m)["architectures"] == cfg["architectures"]
     assert abs(count_parameters(m).total / total - 1) < 0.01, count_parameters(m).total
+
+
+@pytest.mark.parametrize("name, preset", [("Qwen3-8B", "qwen3-8b"), ("Llama-3.1-8B", "llama-3.1-8b")])
+def test_dense_presets_equal_their_published_config_import(name, preset):
+    """`model.preset: qwen3-8b` is the very model `model.hf_config: <Qwen3-8B>/config.json` gives (every field)."""
+    from r1mega.model.presets import get_preset
+
+    assert dataclasses.replace(get_preset(preset), preset=None) == from_hf_config(PUBLISHED[name][0])
+
+
+def test_qwen2_5_1_5b_preset_is_the_math_model_shape_with_its_own_rope():
+    """Qwen2.5-Math-1.5B is Qwen2.5-1.5B's shape with a 4K context at RoPE base 1e4; every other field agrees."""
+    from r1mega.model.presets import get_preset
+
+    math = from_hf_config(PUBLISHED["Qwen2.5-Math-1.5B"][0])
+    base = get_preset("qwen2.5-1.5b", rope_theta=10000.0, max_position_embeddings=4096)
+    assert dataclasses.replace(base, preset=None) == math

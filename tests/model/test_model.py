@@ -101,6 +101,16 @@ def test_published_totals_within_one_percent(preset):
     assert abs(c.total - PUBLISHED[preset]["total"]) / PUBLISHED[preset]["total"] < 0.01
 
 
+def test_qwen2_5_1_5b_exact_count():
+    # Hand-derived from the Qwen2.5-1.5B config: tied embedding (counted once), q/k/v biases, GQA 12/2 heads of 128.
+    c = count_parameters(get_preset("qwen2.5-1.5b"))
+    h, kv, inter = 1536, 2 * 128, 8960
+    attn = (h * h + h) + 2 * (h * kv + kv) + h * h
+    layer = attn + 3 * h * inter + 2 * h
+    expect = 151936 * h + 28 * layer + h
+    assert c.total == c.activated == expect == 1_543_714_304
+
+
 def test_deepseek_v3_exact_counts():
     # Hand-derived from the V3 config: attention 187,107,328 per layer; dense MLP 3*7168*18432;
     # MoE layer = router 256*7168 + shared 3*7168*2048 + 256 routed experts of 3*7168*2048.
