@@ -64,8 +64,8 @@ def shape_mismatches(saved: dict, model: dict) -> list:
             if k in saved and _norm(saved, k) != _norm(model, k)]
 
 
-def checkpoint_meta(path: str) -> Optional[dict]:
-    """The ``r1mega_meta.json`` of a checkpoint directory or of a root's latest complete checkpoint;
+def checkpoint_meta_path(path: str) -> Optional[Path]:
+    """The ``r1mega_meta.json`` file of a checkpoint directory or of a root's latest complete checkpoint;
     None when ``path`` is not (yet) a checkpoint."""
     p = Path(path)
     candidates = [p]
@@ -73,13 +73,18 @@ def checkpoint_meta(path: str) -> Optional[dict]:
     if pointer.is_file():
         candidates.append(p / pointer.read_text().strip())
     candidates += sorted(p.glob("step_*"), reverse=True) if p.is_dir() else []
-    for c in candidates:
-        if (c / META).is_file():
-            try:
-                return json.loads((c / META).read_text())
-            except json.JSONDecodeError as e:
-                raise ConfigError("init_from", f"{c / META} is corrupt ({e})") from None
-    return None
+    return next((c / META for c in candidates if (c / META).is_file()), None)
+
+
+def checkpoint_meta(path: str) -> Optional[dict]:
+    """The contents of :func:`checkpoint_meta_path` (None when ``path`` is not (yet) a checkpoint)."""
+    meta = checkpoint_meta_path(path)
+    if meta is None:
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError("init_from", f"{meta} is corrupt ({e})") from None
 
 
 def hf_model_fields(path: str, where: str) -> dict:

@@ -81,11 +81,10 @@ def init_stamp(cfg, st) -> str | None:
     if st.init_from in cfg.pipeline.names():
         m = manifest.read(cfg.stage_dir(st.init_from))
         return f"stage {st.init_from} started {m.get('started')}" if m else None
-    root = Path(cfg.resolve_path(st.init_from))
-    pointer = root / "latest"
-    step = root / pointer.read_text().strip() if pointer.is_file() else root
-    meta = step / "r1mega_meta.json"
-    return f"{step} modified {meta.stat().st_mtime_ns}" if meta.is_file() else None
+    from r1mega.config.model_source import checkpoint_meta_path
+
+    meta = checkpoint_meta_path(cfg.resolve_path(st.init_from))
+    return f"{meta.parent} modified {meta.stat().st_mtime_ns}" if meta is not None else None
 
 
 def plan(cfg, only: list[str] | None = None) -> list[tuple]:

@@ -291,3 +291,27 @@ class HostClient:
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     serve(sys.argv[1])
+
+
+def check_refits(host, architecture: str, parity: float) -> None:
+    """The served config names ``architecture``; after the start-up refit and after a refit that changes every
+    weight (matrices, biases, norms, routers): vLLM == trainer == transformers within ``parity`` and the probe
+    ran. Prints the figures."""
+    import json
+
+    served = json.loads((Path(host("attr", "vllm", "model_dir")) / "config.json").read_text())
+    assert served["architectures"] == [architecture]
+    stats = host.info["refit"]
+    for round_ in range(2):
+        vllm = host("call", "vllm", "prompt_logprobs", host.seqs)
+        trainer = host("trainer_logprobs", host.seqs)
+        hf = host("hf_logprobs", host.seqs)
+        figures = (max_abs_diff(vllm, trainer), max_abs_diff(vllm, hf))
+        probe = host("attr", "vllm", "last_probe")
+        print(f"{host.case} refit {round_ + 1}: max |vLLM - trainer| {figures[0]:.2e}, |vLLM - transformers| "
+              f"{figures[1]:.2e}; probe mean {probe['mean_abs']:.2e} max {probe['max_abs']:.2e} over {probe['tokens']} "
+              f"tokens; refit {stats['tensors']} tensors, {stats['bytes'] / 2**20:.1f} MiB in {stats['seconds'] * 1e3:.0f} ms")
+        assert figures[0] < parity and figures[1] < parity, (host.case, round_, figures)
+        assert probe["tokens"] > 40 and probe["mean_abs"] < parity
+        host("perturb", 1 + round_, 0.5, vectors=True)  # every weight changes, biases/norms/routers too
+        stats = host("refit")

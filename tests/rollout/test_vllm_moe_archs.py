@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout_support import HostClient, max_abs_diff
+from rollout_support import HostClient, check_refits, max_abs_diff
 
 pytestmark = pytest.mark.slow
 
@@ -47,25 +47,7 @@ def host(request, tmp_path_factory):
 
 
 def test_refit_parity_and_probe(host):
-    import json
-    from pathlib import Path
-
-    served = json.loads((Path(host("attr", "vllm", "model_dir")) / "config.json").read_text())
-    assert served["architectures"] == [CASES[host.case][2]]
-    stats = host.info["refit"]
-    for round_ in range(2):
-        vllm = host("call", "vllm", "prompt_logprobs", host.seqs)
-        trainer = host("trainer_logprobs", host.seqs)
-        hf = host("hf_logprobs", host.seqs)
-        figures = (max_abs_diff(vllm, trainer), max_abs_diff(vllm, hf))
-        probe = host("attr", "vllm", "last_probe")
-        print(f"{host.case} refit {round_ + 1}: max |vLLM - trainer| {figures[0]:.2e}, |vLLM - transformers| "
-              f"{figures[1]:.2e}; probe mean {probe['mean_abs']:.2e} max {probe['max_abs']:.2e} over {probe['tokens']} "
-              f"tokens; refit {stats['tensors']} tensors, {stats['bytes'] / 2**20:.1f} MiB in {stats['seconds'] * 1e3:.0f} ms")
-        assert figures[0] < PARITY and figures[1] < PARITY, (host.case, round_, figures)
-        assert probe["tokens"] > 40 and probe["mean_abs"] < PARITY
-        host("perturb", 1 + round_, 0.5, vectors=True)  # experts, routers and norms all change
-        stats = host("refit")
+    check_refits(host, CASES[host.case][2], PARITY)
 
 
 def test_the_routing_matters_on_these_texts(host):
