@@ -219,15 +219,16 @@ class GRPOStage:
             for k, v in cnt.items():
                 counters[k] = counters.get(k, 0) + v
             keep = list(range(len(batch_items)))
+            group_rows: list = [[] for _ in batch_items]  # group i's completions, wherever the engine put them
+            for k, c in enumerate(ro.completions):
+                group_rows[c.prompt_index].append(k)
             if g.dynamic_sampling:
-                by_group = [totals[k] for i in keep for k, c in enumerate(ro.completions) if c.prompt_index == i]
-                mask = dynamic_sampling_keep(torch.tensor(by_group), self.G)
+                mask = dynamic_sampling_keep(torch.tensor([totals[k] for rows in group_rows for k in rows]), self.G)
                 keep = [i for i in range(len(batch_items)) if bool(mask[i])]
             sampled.append((len(batch_items), len(keep), [batch_items[c.prompt_index].task_type for c in ro.completions],
                             totals, comps))
             for i in keep[:self.P - len(items)]:
-                # group i's completions with their own rewards, wherever the engine put them
-                rows = [k for k, c in enumerate(ro.completions) if c.prompt_index == i]
+                rows = group_rows[i]  # with their own rewards
                 prompts.append(batch_items[i].ids)
                 completions += [dataclasses.replace(ro.completions[k], prompt_index=len(items)) for k in rows]
                 rewards_all += [totals[k] for k in rows]
