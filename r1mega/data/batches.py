@@ -56,7 +56,8 @@ class SFTBatches:
     * ``messages`` (``[{"role", "content"}, ...]``, optional system turn first, multi-turn): with hf_chat
       the whole conversation is rendered by the chat template and the loss is on exactly the assistant
       turns (content + end-of-turn token); with a built-in template it must be one user and one
-      assistant turn: the user's question rendered by the template, the reply as the response.
+      assistant turn: the user's question rendered by the template, the reply as the response (its leading
+      ``<think>`` dropped when the template's prompt already ends with one).
 
     ``where``: a label per row for errors (default ``row N``).
     """
@@ -113,7 +114,10 @@ class SFTBatches:
                 raise SFTDataError(f"{where}: with template {name!r} a 'messages' row must be one user turn and one "
                                    f"assistant turn, got roles {[m['role'] for m in msgs]} (multi-turn and system "
                                    "turns need data.template: hf_chat)")
-            return self._encode_pair(msgs[0]["content"], msgs[1]["content"], where, question=True)
+            reply = msgs[1]["content"]
+            if r is not None and r.prefills_think:  # the prompt already opened <think>: the reply continues it
+                reply = chat.strip_think_open(reply)
+            return self._encode_pair(msgs[0]["content"], reply, where, question=True)
         if self._stops is None:
             self._stops = set(r.stop_token_ids()) | {r.end_of_turn_id()}
         return chat.conversation_ids_and_mask(self.tok, msgs, self._stops, where=where)

@@ -130,6 +130,22 @@ def stop_token_ids(tok, chat_template: bool = False, directory=None) -> tuple:
     return tuple(dict.fromkeys(ids))
 
 
+def sample_messages(question, response: str, prefilled_think: bool) -> list[dict]:
+    """A sampled answer as template-free SFT data: the question's turns (a string is one user turn; no system
+    prompt of the sampling template is added) and the assistant turn as the model wrote it, think/answer tags
+    included. ``prefilled_think``: the sampling prompt ended inside ``<think>`` (its template prefilled it), so
+    ``response`` lacks the opening tag and gets it back (``<think>\\n``, as the prefills write it)."""
+    content = f"{THINK_OPEN}\n{response}" if prefilled_think and not response.lstrip().startswith(THINK_OPEN) else response
+    return as_messages(question) + [{"role": "assistant", "content": content}]
+
+
+def strip_think_open(content: str) -> str:
+    """An assistant turn as the continuation of a prompt that already ends inside ``<think>`` (a prefilling
+    template): its leading ``<think>`` and the whitespace around it dropped (content without one: unchanged)."""
+    body = content.lstrip()
+    return body[len(THINK_OPEN):].lstrip() if body.startswith(THINK_OPEN) else content
+
+
 def conversation_ids_and_mask(tok, messages: Sequence[dict], stop_ids: Sequence[int],
                               where: str = "conversation") -> tuple[list[int], list[int]]:
     """Ids of the whole conversation (``apply_chat_template`` without a generation prompt) and a mask
@@ -164,4 +180,4 @@ def conversation_ids_and_mask(tok, messages: Sequence[dict], stop_ids: Sequence[
 
 __all__ = ["ChatTemplateError", "as_messages", "render_text", "encode_rendered", "has_chat_template",
            "require_chat_template", "template_prefills_think", "end_of_turn_id", "generation_eos_ids",
-           "stop_token_ids", "conversation_ids_and_mask"]
+           "stop_token_ids", "conversation_ids_and_mask", "sample_messages", "strip_think_open"]

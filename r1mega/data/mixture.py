@@ -103,10 +103,11 @@ class PromptMixture:
             if self._chunk.get(s, (None,))[0] != c:
                 self._chunk[s] = (c, self.tasks[s].batch(c, TASK_CHUNK))
             it = self._chunk[s][1][k]
-            return PromptItem(it.text, it.ids, it.gold, it.task_type, {**it.meta, "source": self.sources[s].spec.label})
+            return PromptItem(it.text, it.ids, it.gold, it.task_type, {**it.meta, "source": self.sources[s].spec.label},
+                              it.question)
         row = self._row(s, j)
         text, ids = self.renderer.render(row.prompt)
-        return PromptItem(text, ids, row.gold, row.task_type, {"id": row.id, **row.meta})
+        return PromptItem(text, ids, row.gold, row.task_type, {"id": row.id, **row.meta}, row.prompt)
 
     # ----------------------------------------------------------------- draws
     def take(self, n: int) -> list[PromptItem]:

@@ -15,6 +15,7 @@ class PromptItem:
     gold: str
     task_type: str  # reward task type (math, mcq, code, gym)
     meta: dict = field(default_factory=dict)
+    question: object = None  # the question before templating (a string or chat messages): what SFT data keeps
 
     def reward_metadata(self) -> dict:
         """What the rewards read from :attr:`meta` (RewardSample.metadata): lang; mcq choices; gym task + entry."""
@@ -53,7 +54,7 @@ class TaskPrompts:
         for p in stream:
             text, ids = self.renderer.render(p.prompt)
             out.append(PromptItem(text, ids, p.answer, "math" if p.task in REASONING else "general",
-                                  {"id": p.id, "task": p.task, "difficulty": p.difficulty, "lang": p.lang}))
+                                  {"id": p.id, "task": p.task, "difficulty": p.difficulty, "lang": p.lang}, p.prompt))
             if len(out) == n:
                 return out
         return out

@@ -3,10 +3,12 @@
 Sample k completions per reasoning prompt, keep those that are correct AND readable (proper
 <think>/<answer> format, chain of thought in the target language only, no over-long paragraph,
 no code block, bounded length), deduplicate per prompt, then mix in non-reasoning examples.
-Writes ``samples.jsonl`` (prompt, response, source, ...) for the next SFT stage, which R1 starts
-again from the *base* model, and ``rejection_stats.json``. Prompts: the first ``rejection.num_prompts`` of the
-stream of ``data.sources`` / ``data.train_paths`` (seeded by ``rejection.seed``; see :mod:`r1mega.data.mixture`),
-or of the built-in tasks when no source is set; general rows have no rule-based gold and are rejected as incorrect.
+Writes ``samples.jsonl`` for the next SFT stage, which R1 starts again from the *base* model, and
+``rejection_stats.json``. Each row holds ``messages`` (the question and the full answer, think/answer tags
+included: text free of the sampling template, which SFT and distill stages train on, templated with their own
+tokenizer and template), ``prompt``/``response`` (as the sampling model saw and wrote them), source, gold, ...
+Prompts: the first ``rejection.num_prompts`` of the stream of ``data.sources`` / ``data.train_paths`` (seeded
+by ``rejection.seed``; see :mod:`r1mega.data.mixture`), or of the built-in tasks when no source is set; general rows have no rule-based gold and are rejected as incorrect.
 """
 from __future__ import annotations
 
@@ -36,10 +38,13 @@ def readability_reasons(text: str, n_tokens: int, comps: dict, rc) -> list[str]:
     return reasons
 
 
-def select_samples(completions, comps: list, items: list, rc) -> tuple[list, Counter]:
+def select_samples(completions, comps: list, items: list, rc, prefilled_think: bool = False) -> tuple[list, Counter]:
     """The rows rejection sampling keeps from ``completions`` (``comps``: their reward components,
     ``items``: the prompts they answer) and per-reason counts: correct (unless ``rc.require_correct``
-    is off), readable (:func:`readability_reasons`), distinct, at most ``rc.max_per_prompt`` per prompt."""
+    is off), readable (:func:`readability_reasons`), distinct, at most ``rc.max_per_prompt`` per prompt.
+    ``prefilled_think``: the prompts ended inside ``<think>`` (the row's ``messages`` get the tag back)."""
+    from r1mega.data.chat import sample_messages
+
     stats: Counter = Counter()
     kept_per_prompt: dict[int, list[str]] = {}
     rows = []
@@ -61,7 +66,10 @@ def select_samples(completions, comps: list, items: list, rc) -> tuple[list, Cou
             continue
         seen.append(norm)
         item = items[c.prompt_index]
-        rows.append({"prompt": item.text, "response": c.text.strip(), "source": "reasoning", "gold": item.gold,
+        question = getattr(item, "question", None)
+        question = item.text if question is None else question  # (items made without one)
+        rows.append({"messages": sample_messages(question, c.text.strip(), prefilled_think), "prompt": item.text,
+                     "response": c.text.strip(), "source": "reasoning", "gold": item.gold,
                      "correct": not incorrect, **item.meta})
         stats["accepted/incorrect"] += incorrect
     stats["accepted/reasoning"] = len(rows)
@@ -69,6 +77,7 @@ def select_samples(completions, comps: list, items: list, rc) -> tuple[list, Cou
 
 
 def run_stage(cfg, stage_name: str) -> dict:
+    from r1mega.data.chat import sample_messages
     from r1mega.data.mixture import load_sources, make_prompts, make_renderer
     from r1mega.data.tasks import generate_nonreasoning
     from r1mega.data.templates import rewards_for_template
@@ -117,8 +126,8 @@ def run_stage(cfg, stage_name: str) -> dict:
                 dist.barrier()
         finally:
             engine.shutdown()  # (vLLM: also ends the process group; only local work follows)
-    rows, stats = select_samples(ro.completions, comps, items, rc)
-    render = make_renderer(cfg.data, tok).render
+    rows, stats = select_samples(ro.completions, comps, items, rc, prefilled_think=renderer.prefills_think)
+    render = renderer.render
     if rc.worked_solutions:
         from r1mega.data.tasks import generate_problems
 
@@ -132,13 +141,15 @@ def run_stage(cfg, stage_name: str) -> dict:
                 n = total // len(family) + (i < total % len(family))
                 for p in generate_problems(task, n, seed=rc.seed, split="train", difficulty=cfg.data.difficulties,
                                            lang=lang, unique=False):
-                    rows.append({"prompt": render(p.prompt)[0], "response": p.solution().strip(),
+                    rows.append({"messages": sample_messages(p.prompt, p.solution().strip(), False),
+                                 "prompt": render(p.prompt)[0], "response": p.solution().strip(),
                                  "source": "worked_solution", "gold": p.answer, "task": task,
                                  "difficulty": p.difficulty, "lang": lang})
         stats["accepted/worked_solutions"] = rc.worked_solutions
     n_non = round(len(rows) * rc.nonreasoning_fraction / max(1e-9, 1 - rc.nonreasoning_fraction))
     for p in generate_nonreasoning(n_non, seed=rc.seed, split="train", difficulty=[1, 2], unique=False):
-        rows.append({"prompt": render(p.prompt)[0], "response": p.solution("en").strip(),
+        rows.append({"messages": sample_messages(p.prompt, p.solution("en").strip(), False),
+                     "prompt": render(p.prompt)[0], "response": p.solution("en").strip(),
                      "source": "nonreasoning", "gold": p.answer, "task": p.task})
     stats["accepted/nonreasoning"] = n_non
     if not rows:
