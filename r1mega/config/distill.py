@@ -8,12 +8,15 @@ term on the response tokens::
     loss = (1 - alpha) * CE(student, data) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
 
 The teacher's architecture is read from its checkpoint (it may differ from the student: a MoE
-teacher, a dense student); both must share the tokenizer, so ``model.vocab_size`` must match.
+teacher, a dense student); logit distillation needs both to share the tokenizer: the same
+``model.vocab_size`` and the same tokenizer (:func:`check_tokenizers`: token -> id mapping and merges,
+not only the size). SFT on the teacher's samples (alpha 0) takes any student tokenizer.
 See docs/distill.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from .base import ConfigError, check, doc
@@ -74,6 +77,68 @@ def check_vocab(teacher_model, student_model, teacher: str) -> None:
             "tokenizer, but their vocabularies differ; logit distillation needs the same vocabulary"))
 
 
+def _refuse_other_tokenizer(teacher: str, teacher_tok, student_tok) -> None:
+    raise ConfigError("distill.teacher", (
+        f"teacher {teacher!r} was trained with the tokenizer {teacher_tok} and the student uses {student_tok} "
+        "(data.tokenizer_path / data.tokenizer_vocab_size): they are different tokenizers (other tokens or ids, "
+        "whatever their sizes), and logit distillation compares the two distributions token id by token id; "
+        "use distill.alpha: 0 (SFT on the teacher's text samples, re-tokenised for the student) or give the "
+        "student the teacher's tokenizer"))
+
+
+def stage_tokenizer_dir(data) -> Optional[Path]:
+    """The tokenizer directory a stage's ``data`` config uses (the built-in one is built on first use, in
+    seconds); None when ``data.tokenizer_path`` names no tokenizer (reported when the stage loads it)."""
+    from r1mega.data.tokenizer import run_tokenizer_dir
+
+    try:
+        return run_tokenizer_dir(data)
+    except FileNotFoundError:
+        return None
+
+
+def check_tokenizers(teacher_data, student_data, teacher: str) -> None:
+    """A ``stage:`` teacher's tokenizer (its stage's ``data`` config) is the student's: both the built-in
+    tokenizer of one ``tokenizer_vocab_size``, or the same :func:`~r1mega.data.tokenizer.tokenizer_fingerprint`."""
+    from r1mega.data.tokenizer import tokenizer_fingerprint
+
+    if not teacher_data.tokenizer_path and not student_data.tokenizer_path:
+        if teacher_data.tokenizer_vocab_size != student_data.tokenizer_vocab_size:
+            _refuse_other_tokenizer(teacher, f"built-in:{teacher_data.tokenizer_vocab_size}",
+                                    f"built-in:{student_data.tokenizer_vocab_size}")
+        return
+    t, s = stage_tokenizer_dir(teacher_data), stage_tokenizer_dir(student_data)
+    if t is not None and s is not None and tokenizer_fingerprint(t) != tokenizer_fingerprint(s):
+        _refuse_other_tokenizer(teacher, t, s)
+
+
+def teacher_tokenizer_dir(checkpoint) -> Optional[Path]:
+    """The tokenizer recorded with a checkpoint: ``tokenizer/`` beside its ``step_*`` directories (``r1mega
+    convert hf-to-megatron`` writes it) or in the stage directory above ``checkpoints/`` (every stage saves a
+    copy of the tokenizer it used); None when neither holds one."""
+    from r1mega.data.tokenizer import tokenizer_fingerprint
+
+    p = Path(checkpoint)
+    return next((d for d in (p.parent / "tokenizer", p.parent.parent / "tokenizer") if tokenizer_fingerprint(d)), None)
+
+
+def check_teacher_tokenizer(checkpoint, student_tokenizer, teacher: str) -> None:
+    """The teacher checkpoint's recorded tokenizer (:func:`teacher_tokenizer_dir`) is ``student_tokenizer`` (a
+    directory); refused, before any weight is read, when they differ or the checkpoint records none."""
+    from r1mega.data.tokenizer import tokenizer_fingerprint
+
+    t = teacher_tokenizer_dir(checkpoint)
+    if t is None:
+        p = Path(checkpoint)
+        raise ConfigError("distill.teacher", (
+            f"teacher {teacher!r} ({checkpoint}): no tokenizer recorded with the checkpoint (looked for "
+            f"{p.parent / 'tokenizer'} and {p.parent.parent / 'tokenizer'}), so logit distillation cannot check "
+            "that it shares the student's tokenizer; copy the teacher's tokenizer files into one of them, "
+            "or use distill.alpha: 0"))
+    if tokenizer_fingerprint(t) != tokenizer_fingerprint(student_tokenizer):
+        _refuse_other_tokenizer(teacher, t, student_tokenizer)
+
+
 def check_distill_stage(top, resolved, stage, earlier, world_size: Optional[int] = None) -> None:
     """Validate a ``distill`` stage's teacher against the whole run (``top``) before heavy work:
     alpha/T/teacher, that a teacher stage runs earlier, the vocabularies match, and the layout."""
@@ -100,8 +165,14 @@ def check_distill_stage(top, resolved, stage, earlier, world_size: Optional[int]
               + ("does not run before this one" if name_in_path in names else "is not in the pipeline"))
         return
     if name is None:
+        from .model_source import checkpoint_meta_path
+
         check(os.path.exists(d.teacher), "distill.teacher",
               f"checkpoint not found: {d.teacher!r} (neither a path nor an earlier stage; stages: {', '.join(names) or 'none'})")
+        meta = checkpoint_meta_path(d.teacher)
+        student_tok = stage_tokenizer_dir(resolved.data)
+        if meta is not None and student_tok is not None:
+            check_teacher_tokenizer(meta.parent, student_tok, d.teacher)
         return
     check(name in earlier, "distill.teacher", f"stage {name!r} does not run before this one"
           + (f"; earlier stages: {', '.join(earlier)}" if earlier else ""))
@@ -109,6 +180,7 @@ def check_distill_stage(top, resolved, stage, earlier, world_size: Optional[int]
     check(tstage.is_training, "distill.teacher", f"stage {name!r} is a {tstage.kind} stage and writes no model checkpoint")
     teacher_model = top.for_stage(tstage).model
     check_vocab(teacher_model, resolved.model, d.teacher)
+    check_tokenizers(top.for_stage(tstage).data, resolved.data, d.teacher)
     try:
         check_layout(teacher_model, par, resolved.data.seq_length, world_size)
     except ConfigError as e:

@@ -193,6 +193,29 @@ def save_tokenizer_copy(tok, src_dir: Union[str, os.PathLike], out_dir: Union[st
     return out
 
 
+def tokenizer_fingerprint(path: Union[str, os.PathLike]) -> Optional[str]:
+    """What makes two tokenizers the same for a model: a hash of the token -> id mapping (added tokens
+    included) and the BPE merges of ``tokenizer.json`` (a directory or the file), else of the bytes of
+    ``tokenizer.model`` (SentencePiece); None when neither is there. Two tokenizers of the same size with
+    other tokens or ids differ; a ``save_pretrained`` copy of one (another serialisation, chat template,
+    special-token settings) does not."""
+    p = Path(path)
+    d = p.parent if p.is_file() else p
+    if (d / "tokenizer.json").is_file():
+        t = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+        model = t.get("model") or {}
+        vocab = dict(model.get("vocab") or {}) if isinstance(model.get("vocab"), dict) else \
+            {str(piece[0]): i for i, piece in enumerate(model.get("vocab") or [])}  # (Unigram: [piece, score] list)
+        vocab.update({a["content"]: a["id"] for a in t.get("added_tokens") or []})
+        merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+        blob = json.dumps({"type": model.get("type"), "vocab": sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])),
+                           "merges": merges}, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    if (d / "tokenizer.model").is_file():
+        return hashlib.sha256((d / "tokenizer.model").read_bytes()).hexdigest()
+    return None
+
+
 def load_raw_tokenizer(path: Union[str, os.PathLike, None] = None) -> Tokenizer:
     """The plain ``tokenizers.Tokenizer`` (fast to load, no transformers import)."""
     d = default_tokenizer_dir() if path is None else _tokenizer_dir(path)

@@ -105,7 +105,8 @@ def _batches(cfg, stage, tok):
 def build_teacher(cfg, stage):
     """The frozen teacher of a ``distill`` stage with ``distill.alpha > 0`` (built before the student,
     so the student's initialisation is the same as without a teacher)."""
-    from r1mega.config.distill import teacher_stage_name
+    from r1mega.config.distill import check_teacher_tokenizer, teacher_stage_name
+    from r1mega.data.tokenizer import run_tokenizer_dir
     from r1mega.train.distill import Teacher
 
     d = cfg.distill
@@ -115,6 +116,7 @@ def build_teacher(cfg, stage):
         path = resolve_init_checkpoint(cfg, name if name is not None else cfg.resolve_path(d.teacher))
     except ConfigError as e:
         raise ConfigError("distill.teacher", e.message) from None
+    check_teacher_tokenizer(path, run_tokenizer_dir(cfg.data), d.teacher)  # one tokenizer, before any weight loads
     teacher = Teacher(path, cfg.model, cfg.parallel, seed=cfg.data.seed, name=d.teacher)
     if _rank0():
         m = teacher.model_cfg
