@@ -5,7 +5,8 @@ Files, one job each: ``advantages`` (grouped rewards -> advantages, process supe
 ``gspo`` (sequence-level importance ratios), ``mismatch`` (rollout/trainer TIS weights and masks),
 ``aggregation`` (loss modes normalised by global counts), ``grpo_loss`` (the engine-facing
 :class:`GRPOLoss`), ``sft_loss`` (:class:`SFTLoss`), ``distill_loss`` (logit distillation),
-``logits`` (entropy, token log-probs), ``metrics`` (the (sum, count) metric convention).
+``logits`` (entropy, token log-probs), ``metrics`` (the (sum, count) metric convention), ``rows`` (a row's
+whole-row counts and sums when context parallelism splits it over ranks).
 See docs/grpo.md.
 """
 from .advantages import (advantage_metrics, degenerate_groups, dynamic_sampling_keep, group_advantages,

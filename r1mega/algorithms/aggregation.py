@@ -18,7 +18,8 @@ padding contribute 0 and must not be counted); :func:`local_normalisers` returns
 counts that the engine sums (all-reduce) to get the global ones.
 
 Context parallelism: when a sequence is split over CP ranks, ``n_b`` must be the token count of
-the WHOLE sequence; pass it as ``seq_num_tokens`` ([B]); the default is the local ``m.sum(-1)``.
+the WHOLE sequence; pass it as ``seq_num_tokens`` ([B]); the default is the local ``m.sum(-1)``. Each CP
+rank's loss is then its share, and the shares add up to the loss of the whole rows (:mod:`.rows`).
 """
 from __future__ import annotations
 

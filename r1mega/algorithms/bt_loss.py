@@ -13,6 +13,9 @@
 * ``global_num_seqs`` (0-d, injected by the engine): the rows of the whole global batch, so
   ``global_num_seqs / 2`` pairs normalise the loss and microbatch losses sum to the global mean.
 
+Under context parallelism (:mod:`.rows`) a row's score position is on one of the ranks holding its slices:
+the rewards are summed over the ranks (differentiably), and the per-pair loss and metrics count on one rank.
+
 Per pair, with ``d = r_chosen - r_rejected``::
 
     loss_pair = -log sigmoid(d) + center_coef * (r_chosen + r_rejected)^2
@@ -26,22 +29,27 @@ as wrong), ``rm/margin`` (mean ``d``), ``rm/chosen``, ``rm/rejected`` (mean rewa
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .metrics import sum_count
+from .rows import Rows, row_view
 
 
-def pair_rewards(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(r_chosen [P], r_rejected [P], valid [P])`` from per-position scores and the one-hot mask."""
+def pair_rewards(scores: Tensor, mask: Tensor, rows: Optional[Rows] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(r_chosen [P], r_rejected [P], valid [P])`` from per-position scores and the one-hot mask (``rows``: the
+    whole rows when the microbatch holds slices of them)."""
     if scores.shape != mask.shape:
         raise ValueError(f"BradleyTerryLoss: scores {tuple(scores.shape)} and loss_mask {tuple(mask.shape)} differ")
     if scores.size(0) % 2:
         raise ValueError(f"BradleyTerryLoss: {scores.size(0)} rows; chosen/rejected pairs need an even number")
     m = mask.bool()
-    r = torch.where(m, scores.float(), torch.zeros((), dtype=torch.float32, device=scores.device)).sum(-1)
-    has = m.any(-1)
+    rows = rows if rows is not None else row_view(m)
+    r = rows.sum(torch.where(m, scores.float(), torch.zeros((), dtype=torch.float32, device=scores.device)).sum(-1))
+    has = rows.has_tokens
     return r[0::2], r[1::2], has[0::2] & has[1::2]
 
 
@@ -62,14 +70,16 @@ class BradleyTerryLoss:
         self.center_coef = float(center_coef)
 
     def __call__(self, scores: Tensor, batch: dict) -> tuple[Tensor, dict]:
-        rc, rr, valid = pair_rewards(scores, batch["loss_mask"])
+        rows = row_view(batch["loss_mask"], batch)
+        rc, rr, valid = pair_rewards(scores, batch["loss_mask"], rows)
         per_pair = bradley_terry(rc, rr, self.center_coef)
         per_pair = torch.where(valid, per_pair, torch.zeros_like(per_pair))
         n = batch.get("global_num_seqs")
         denom = (torch.as_tensor(n, dtype=per_pair.dtype, device=per_pair.device) / 2) if n is not None else valid.sum()
-        loss = per_pair.sum() / denom.clamp(min=1.0)
+        loss = per_pair.sum() / denom.clamp(min=1.0) * rows.share  # every rank of a row computes it: count it once
         with torch.no_grad():
             d = (rc - rr).detach()
+            valid = valid & rows.reported[0::2]
             v = valid.float()
             k = valid.sum()
             metrics = {

@@ -21,7 +21,8 @@ Contract::
   ``entropy``          optional   per-token entropy, metrics only
   ``global_num_seqs``  0-d        sequences with >= 1 loss token in the WHOLE global batch
   ``global_num_tokens`` 0-d       loss tokens in the WHOLE global batch
-  ``seq_num_tokens``   optional   ``[B]`` full per-sequence token counts (context parallel)
+  ``seq_num_tokens``   optional   ``[B]`` whole-row loss-token counts (context parallel; with
+                                  ``seq_sum`` and ``seq_owner``, see :mod:`.rows`)
   ==================== ========== ==========================================================
 
 ``GRPOLoss(cfg, old_from_current=True)`` is for a step that makes exactly one optimizer update: the weights
@@ -60,6 +61,7 @@ from .kl import kl_penalty
 from .metrics import masked_max_metric, masked_mean_metric, masked_min_metric, sum_count
 from .mismatch import mismatch_correction
 from .policy_loss import surrogate_from_ratio
+from .rows import row_view
 
 
 def _require(batch: dict, key: str, why: str) -> Tensor:
@@ -106,12 +108,9 @@ class GRPOLoss:
         if cfg.importance_level == "sequence" and not seq_level:
             raise ValueError("GRPOLoss: importance_level 'sequence' needs one advantage per sequence ([B]); "
                              "token-level advantages work with 'sequence_token'")
-        sequence_quantities = cfg.importance_level != "token" or cfg.mismatch_seq_mask or cfg.tis_level != "token"
-        if sequence_quantities and batch.get("seq_num_tokens") is not None:
-            raise ValueError("GRPOLoss: sequence-level ratios need whole sequences in a microbatch, but the batch "
-                             "holds slices (seq_num_tokens: context parallelism)")
+        rows = row_view(mask, batch)  # whole rows, when the microbatch holds slices of them (context parallelism)
 
-        ratio = importance_ratios(logp, old, mask, cfg.importance_level)
+        ratio = importance_ratios(logp, old, mask, cfg.importance_level, rows)
         sur = surrogate_from_ratio(ratio, adv_tok, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
         pg = sur.loss
         kl = None
@@ -127,7 +126,7 @@ class GRPOLoss:
         if (cfg.tis or cfg.mismatch_mask or cfg.mismatch_seq_mask) and rollout is None:
             raise KeyError("GRPOLoss: batch['rollout_logprobs'] is required (tis, mismatch_mask or a sequence "
                            "mismatch bound is on)")
-        corr = mismatch_correction(cfg, old, clean(rollout.detach()), mask) if rollout is not None else None
+        corr = mismatch_correction(cfg, old, clean(rollout.detach()), mask, rows) if rollout is not None else None
         w = corr.is_weight if corr is not None else None
         kl_term = None if kl is None else cfg.kl_coef * (kl * w if (w is not None and cfg.tis_on_kl) else kl)
         per_token = pg * w if w is not None else pg
@@ -138,18 +137,18 @@ class GRPOLoss:
 
         loss = aggregate_loss(per_token, mask, cfg.loss_agg_mode, global_num_seqs=batch.get("global_num_seqs"),
                               global_num_tokens=batch.get("global_num_tokens"), norm_constant=self.norm_constant,
-                              seq_num_tokens=batch.get("seq_num_tokens"))
+                              seq_num_tokens=rows.tokens)
 
         with torch.no_grad():
-            metrics = self._metrics(mask, sur, kl, logp, ref, adv, seq_level, batch.get("entropy"))
+            metrics = self._metrics(mask, sur, kl, logp, ref, adv, seq_level, batch.get("entropy"), rows)
             if corr is not None:
                 metrics.update(corr.metrics)
         return loss, metrics
 
-    def _metrics(self, mask, sur, kl, logp, ref, adv, seq_level, entropy) -> dict[str, Tensor]:
+    def _metrics(self, mask, sur, kl, logp, ref, adv, seq_level, entropy, rows) -> dict[str, Tensor]:
         cfg = self.cfg
         lengths = mask.sum(-1)
-        has_tokens = lengths > 0
+        has_tokens = rows.reported  # per-row metrics: each row counted once over the ranks holding its slices
         m = {
             "loss/pg": masked_mean_metric(sur.loss, mask),
             "clip/low_frac": masked_mean_metric(sur.clip_low.float(), mask),

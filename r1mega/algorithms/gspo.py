@@ -17,35 +17,44 @@ geometric mean of its token ratios::
   gradient of token ``t`` flows through its own log-prob only, so token-level advantages ``A_it`` are possible.
   With ``A_it = A_i`` it equals ``'sequence'`` in value and gradient.
 
-The sequence mean needs the whole sequence: the engine never splits a row over microbatches or ranks
-(context parallelism, which would, is refused: ``parallel.context_parallel`` must be 1).
+The sequence mean needs the whole sequence. The engine never splits a row over microbatches; under context
+parallelism it splits rows over the CP ranks, and ``rows`` (:mod:`.rows`) then sums each row's log-ratios over
+its slices (an all-reduce) and divides by the whole row's token count before the ``exp``.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .policy_loss import LOG_RATIO_CLAMP, importance_ratio
+from .rows import Rows, row_view
 
 IMPORTANCE_LEVELS = ("token", "sequence", "sequence_token")
 
 
-def sequence_mean_log_ratio(logprobs: Tensor, other_logprobs: Tensor, loss_mask: Tensor) -> Tensor:
+def sequence_mean_log_ratio(logprobs: Tensor, other_logprobs: Tensor, loss_mask: Tensor,
+                            rows: Optional[Rows] = None) -> Tensor:
     """``[B]``: ``(1/n_i) sum_t m (logp - other)`` over each row's loss tokens (0 for a row without any); the
-    gradient flows through ``logprobs`` where it requires one. NaN/inf at masked positions never leak in."""
+    gradient flows through ``logprobs`` where it requires one. NaN/inf at masked positions never leak in.
+    ``rows``: the whole rows of a microbatch that holds slices of them (default: the rows are whole)."""
     m = loss_mask.bool()
+    rows = rows if rows is not None else row_view(m)
     diff = torch.where(m, logprobs - other_logprobs, torch.zeros((), dtype=logprobs.dtype, device=logprobs.device))
-    return diff.sum(-1) / m.sum(-1).clamp(min=1).to(logprobs.dtype)
+    return rows.sum(diff.sum(-1)) / rows.tokens.clamp(min=1).to(logprobs.dtype)
 
 
-def importance_ratios(logprobs: Tensor, old_logprobs: Tensor, loss_mask: Tensor, level: str = "token") -> Tensor:
+def importance_ratios(logprobs: Tensor, old_logprobs: Tensor, loss_mask: Tensor, level: str = "token",
+                      rows: Optional[Rows] = None) -> Tensor:
     """``[B, T]`` importance ratio of ``level`` (see the module doc); ``old_logprobs`` is a constant. Log-ratios
-    are clamped to ``[-20, 20]`` against overflow, as at the token level."""
+    are clamped to ``[-20, 20]`` against overflow, as at the token level. ``rows``: see
+    :func:`sequence_mean_log_ratio`."""
     if level == "token":
         return importance_ratio(logprobs, old_logprobs)
     if level not in IMPORTANCE_LEVELS:
         raise ValueError(f"importance level {level!r}, expected one of {IMPORTANCE_LEVELS}")
-    log_s = sequence_mean_log_ratio(logprobs, old_logprobs.detach(), loss_mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    log_s = sequence_mean_log_ratio(logprobs, old_logprobs.detach(), loss_mask, rows).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     if level == "sequence":
         return torch.exp(log_s)[:, None].expand_as(logprobs)
     return torch.exp(log_s.detach()[:, None] + logprobs - logprobs.detach())

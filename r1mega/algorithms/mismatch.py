@@ -18,7 +18,7 @@ sequence is out of the loss; the global normalisers are unchanged), and the metr
 (per sequence), ``mismatch/tis_weight_mean`` + ``mismatch/tis_truncated_frac`` (per token) or
 ``mismatch/seq_tis_weight_mean`` + ``mismatch/seq_tis_truncated_frac`` (per sequence) with TIS, and with any
 mask ``mismatch/masked_token_frac`` (loss tokens dropped) and ``mismatch/masked_seq_frac`` (sequences with
-every loss token dropped). Sequence quantities need whole sequences in a microbatch (see :mod:`.gspo`).
+every loss token dropped). Sequence quantities are those of whole rows (see :mod:`.gspo` and :mod:`.rows`).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from torch import Tensor
 from .gspo import sequence_mean_log_ratio
 from .metrics import masked_max_metric, masked_mean_metric, masked_min_metric, mismatch_metrics, sum_count
 from .policy_loss import LOG_RATIO_CLAMP, truncated_is_weight
+from .rows import Rows, row_view
 
 
 class MismatchCorrection(NamedTuple):
@@ -38,14 +39,18 @@ class MismatchCorrection(NamedTuple):
     metrics: dict
 
 
-def mismatch_correction(cfg, old_logprobs: Tensor, rollout_logprobs: Tensor, loss_mask: Tensor) -> MismatchCorrection:
-    """Weights, masks and metrics for a ``GRPOConfig`` ``cfg`` (inputs ``[B, T]``, 0 at masked positions)."""
+def mismatch_correction(cfg, old_logprobs: Tensor, rollout_logprobs: Tensor, loss_mask: Tensor,
+                        rows: Optional[Rows] = None) -> MismatchCorrection:
+    """Weights, masks and metrics for a ``GRPOConfig`` ``cfg`` (inputs ``[B, T]``, 0 at masked positions).
+    ``rows``: the whole rows of a microbatch holding slices of them (context parallelism, :mod:`.rows`); the
+    sequence quantities are then those of the whole rows, and each row is counted once in the metrics."""
     old, rollout = old_logprobs.detach(), rollout_logprobs.detach()
     mask = loss_mask.bool()
-    has_tokens = mask.any(-1)
-    seq_ratio = torch.exp(sequence_mean_log_ratio(old, rollout, mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    rows = rows if rows is not None else row_view(mask)
+    has_tokens, reported = rows.has_tokens, rows.reported
+    seq_ratio = torch.exp(sequence_mean_log_ratio(old, rollout, mask, rows).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     m = mismatch_metrics(old, rollout, mask, cfg.mismatch_token_threshold)
-    m["mismatch/seq_ratio_mean"] = masked_mean_metric(seq_ratio, has_tokens)
+    m["mismatch/seq_ratio_mean"] = masked_mean_metric(seq_ratio, reported)
     m["mismatch/seq_ratio_max"] = masked_max_metric(seq_ratio, has_tokens)
     m["mismatch/seq_ratio_min"] = masked_min_metric(seq_ratio, has_tokens)
 
@@ -58,8 +63,8 @@ def mismatch_correction(cfg, old_logprobs: Tensor, rollout_logprobs: Tensor, los
     elif cfg.tis:
         w = seq_ratio.clamp(max=cfg.tis_cap)
         weight = w[:, None].expand_as(old)
-        m["mismatch/seq_tis_weight_mean"] = masked_mean_metric(w, has_tokens)
-        m["mismatch/seq_tis_truncated_frac"] = masked_mean_metric((seq_ratio > cfg.tis_cap).float(), has_tokens)
+        m["mismatch/seq_tis_weight_mean"] = masked_mean_metric(w, reported)
+        m["mismatch/seq_tis_truncated_frac"] = masked_mean_metric((seq_ratio > cfg.tis_cap).float(), reported)
 
     keep = None
     if cfg.mismatch_mask:
@@ -72,6 +77,7 @@ def mismatch_correction(cfg, old_logprobs: Tensor, rollout_logprobs: Tensor, los
     if keep is not None:
         dropped = mask & ~keep
         m["mismatch/masked_token_frac"] = masked_mean_metric(dropped.float(), mask)
-        m["mismatch/masked_seq_frac"] = sum_count((has_tokens & ~(mask & keep).any(-1)).sum(), has_tokens.sum())
+        kept_tokens = rows.sum((mask & keep).sum(-1).to(old.dtype))  # a row is dropped when no slice keeps a token
+        m["mismatch/masked_seq_frac"] = sum_count((reported & (kept_tokens == 0)).sum(), reported.sum())
         keep = keep.to(old.dtype)
     return MismatchCorrection(weight, keep, m)

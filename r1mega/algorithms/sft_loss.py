@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .aggregation import aggregate_loss
 from .metrics import masked_mean_metric, sum_count
+from .rows import row_view
 
 SFT_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 
@@ -27,14 +28,13 @@ class SFTLoss:
 
     def __call__(self, logprobs: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         mask = batch["loss_mask"].bool()
+        rows = row_view(mask, batch)  # whole rows under context parallelism (see .rows)
         nll = -logprobs
         loss = aggregate_loss(nll, mask, self.loss_agg_mode, global_num_seqs=batch.get("global_num_seqs"),
-                              global_num_tokens=batch.get("global_num_tokens"),
-                              seq_num_tokens=batch.get("seq_num_tokens"))
+                              global_num_tokens=batch.get("global_num_tokens"), seq_num_tokens=rows.tokens)
         with torch.no_grad():
-            lengths = mask.sum(-1)
             metrics = {
                 "sft/nll": masked_mean_metric(nll, mask),
-                "response/length": sum_count(lengths.sum(), (lengths > 0).sum()),
+                "response/length": sum_count(mask.sum(), rows.reported.sum()),
             }
         return loss, metrics

@@ -192,14 +192,10 @@ def test_tis_weights_the_policy_gradient_only_unless_tis_on_kl():
     assert out[True][1] == pytest.approx(w00 * (-1 + 0.1 * dk3) / 4, abs=1e-6)
 
 
-def test_sequence_quantities_refuse_sliced_sequences():
+def test_sequence_mismatch_bound_needs_rollout_logprobs():
+    # (rows sliced over context-parallel ranks: tests/algorithms/test_context_parallel_loss.py)
     logp, batch = mismatch_batch()
-    batch["seq_num_tokens"] = torch.tensor([4.0, 4.0])  # context parallel: rows are slices
-    GRPOLoss(cfg())(logp, batch)  # token level: fine
-    for kw in (dict(importance_level="sequence"), dict(mismatch_seq_low=0.5), dict(tis=True, tis_level="sequence")):
-        with pytest.raises(ValueError, match="whole sequences"):
-            GRPOLoss(cfg(**kw))(logp, batch)
-    del batch["rollout_logprobs"], batch["seq_num_tokens"]
+    del batch["rollout_logprobs"]
     with pytest.raises(KeyError, match="rollout_logprobs"):
         GRPOLoss(cfg(mismatch_seq_high=2.0))(logp, batch)
 
