@@ -226,3 +226,49 @@ def test_smollm2_example(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "num_layers: 30" in shown.stdout and "hidden_size: 576" in shown.stdout and "arch: dense" in shown.stdout
     assert len((run / "data" / "train.jsonl").read_text().splitlines()) == 345
+
+
+DISTILL = EXAMPLES / "distill-1x8h100"
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-math-7b", "llama-3.1-8b"])
+def test_distill_students_one_node(tmp_path, name):
+    """The R1 data distilled (SFT, alpha 0) into the paper's Qwen2.5-Math-7B and Llama-3.1-8B students on one node:
+    checked at world size 8 (TP2 x DP4); 6 ranks cannot split the global batch of 128; the converted student's
+    shape (its r1mega_meta.json) is compared with the config: its own passes, one cut to 2 layers is refused."""
+    import dataclasses
+
+    from r1mega.config import load_config
+
+    cfg_path = DISTILL / f"{name}.yaml"
+    r = check(cfg_path, 8, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "world size 8; stages: distill (distill), eval (eval)" in r.stdout
+    bad = check(cfg_path, 6, tmp_path)
+    assert bad.returncode == 2 and "global_batch_size" in bad.stderr, bad.stderr
+    cfg = load_config(str(cfg_path), validate=False)
+    st = cfg.for_stage(cfg.stage("distill"))
+    step = tmp_path / "checkpoints" / name / "step_00000000"
+    step.mkdir(parents=True)
+    for layers, ok in ((st.model.num_layers, True), (2, False)):
+        model = dataclasses.asdict(dataclasses.replace(st.model, num_layers=layers))
+        (step / "r1mega_meta.json").write_text(json.dumps({"step": 0, "model": model}))
+        r = check(cfg_path, 8, tmp_path)
+        assert (r.returncode == 0) == ok, r.stderr
+        assert ok or "num_layers" in r.stderr and "\n" not in r.stderr.strip(), r.stderr
+    # SFT as the paper distilled: no teacher logits, the student's own tokenizer and chat template, 2 epochs of
+    # ~800k samples at 128 a step
+    assert st.distill.alpha == 0 and st.data.template == "hf_chat"
+    assert st.data.tokenizer_path == f"checkpoints/{name}/tokenizer"
+    assert cfg.stage("distill").steps * st.optimizer.global_batch_size == 2 * 800_000
+    p = st.parallel
+    assert (p.tensor_parallel, p.pipeline_parallel, p.expert_parallel, p.sequence_parallel) == (2, 1, 1, True)
+    m = st.model
+    assert m.arch == "dense" and not m.tie_word_embeddings
+    if name == "qwen2.5-math-7b":  # Qwen2.5-Math-7B's config.json: the 7B shape, rope base 1e4, 4k context
+        assert (m.hidden_size, m.num_layers, m.num_attention_heads, m.num_key_value_heads) == (3584, 28, 28, 4)
+        assert (m.vocab_size, m.qkv_bias, m.rope_theta, m.max_position_embeddings) == (152064, True, 10000.0, 4096)
+        assert st.data.seq_length == 4096
+    else:
+        assert (m.hidden_size, m.num_layers, m.vocab_size, m.qkv_bias, m.rope_theta) == (4096, 32, 128256, False, 5e5)
+        assert m.rope_scaling["rope_type"] == "llama3" and st.data.seq_length == 8192
