@@ -3,6 +3,7 @@
   r1mega plan --preset deepseek-v3 --gpus 256 --gpu-mem 80 --seq 1536 --prompts 32 --group 16 \\
       [--rollout-tp 32] [--recompute full] [--top 10] [--json]
   r1mega plan ... --layout tp=1,pp=16,ep=16[,etp=1,first=3,last=2,recompute=full]
+  r1mega plan --anchors        # predicted vs published (NeMo-RL v0.6) for the calibration runs
 
 Without --layout: enumerate layouts, reject those that do not fit (with the reason), rank the rest
 by a step-time proxy. With --layout: the memory breakdown of that one layout.
@@ -22,7 +23,7 @@ from r1mega.config.base import ConfigError
 from .inputs import GIB, HARDWARE, PlanInputs
 from .search import Evaluation, SearchResult, evaluate, search
 
-TERMS = ("weights", "grads", "optimizer", "ref_weights", "activations", "moe_dispatch", "logits",
+TERMS = ("weights", "grads", "optimizer", "ref_weights", "activations", "moe_dispatch", "logits", "routing",
          "gen_weights", "kv_cache", "gen_workspace", "refit_buffer", "reserve")
 
 
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="r1mega plan", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     g = ap.add_argument_group("model and machine")
-    g.add_argument("--preset", required=True, help="model preset (r1mega.model.presets)")
-    g.add_argument("--gpus", type=int, required=True, help="GPUs in the job")
+    g.add_argument("--preset", help="model preset (r1mega.model.presets); required unless --anchors")
+    g.add_argument("--mtp-layers", type=int, default=None, help="override the preset's MTP depth (0: MTP off)")
+    g.add_argument("--gpus", type=int, help="GPUs in the job; required unless --anchors")
     g.add_argument("--gpu-mem", type=float, default=None, help="memory per GPU in GiB (default: the --gpu kind's)")
     g.add_argument("--gpu", default="h100", choices=sorted(HARDWARE), help="GPU kind for the speed proxy (default h100)")
     g.add_argument("--gpus-per-node", type=int, default=8)
@@ -39,11 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("workload (one GRPO step)")
     g.add_argument("--seq", type=int, default=None, help="sequence length = prompt + response (default 1536)")
     g.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default seq/4)")
-    g.add_argument("--response-len", type=int, default=None, help="response tokens (default seq - prompt)")
+    g.add_argument("--response-len", type=int, default=None, help="response cap in tokens (default seq - prompt)")
+    g.add_argument("--mean-response", type=int, default=None,
+                   help="mean generated tokens (default: the cap; tokens/s/GPU counts prompt + mean response)")
     g.add_argument("--prompts", type=int, default=32, help="prompts per step")
     g.add_argument("--group", type=int, default=16, help="rollouts per prompt")
     g.add_argument("--micro-batch", type=int, default=1, help="sequences per microbatch")
     g.add_argument("--minibatches", type=int, default=1, help="optimizer steps per rollout batch")
+    g.add_argument("--logprob-micro-batch", type=int, default=None, help="sequences per log-prob microbatch (default --micro-batch)")
+    g.add_argument("--no-packing", action="store_true", help="one microbatch per micro-batch sequences (no sequence packing)")
     g = ap.add_argument_group("training")
     g.add_argument("--recompute", default="auto", choices=["none", "selective", "full", "auto"],
                    help="activation recompute; auto = the fastest that fits, per layout")
@@ -54,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer-offload", action="store_true", help="Adam state on the CPU (Megatron optimizer_cpu_offload)")
     g.add_argument("--ref-model", default="cpu", choices=["cpu", "gpu", "none"], help="where the KL reference weights live")
     g.add_argument("--logprob-passes", type=int, default=2, help="forward-only passes per step (old policy + reference)")
+    g.add_argument("--router-replay", default="none", choices=["none", "r2", "r3"],
+                   help="MoE routing ids carried to the trainer (adds their bytes to the train phase)")
     g.add_argument("--cp", default="1", help="context-parallel sizes the search tries, comma-separated (default 1)")
     g = ap.add_argument_group("colocated vLLM")
     g.add_argument("--rollout-tp", type=int, default=None, help="vLLM TP (default: smallest power of two that fits)")
@@ -66,20 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("budget and proxy")
     g.add_argument("--reserve", type=float, default=4.0, help="GiB per GPU for CUDA contexts, NCCL, fragmentation")
     g.add_argument("--refit-buffer", type=float, default=2.0, help="GiB of the weight-update staging buffer")
-    g.add_argument("--mfu", type=float, default=0.25, help="training MFU guess for large GEMMs")
+    g.add_argument("--mfu", type=float, default=0.2, help="training MFU of large GEMMs (calibrated: docs/planner.md)")
     g = ap.add_argument_group("output")
     g.add_argument("--layout", default=None, help="evaluate one layout, e.g. tp=1,pp=16,ep=16[,etp=1,first=3,last=2]")
     g.add_argument("--top", type=int, default=10, help="layouts to list")
     g.add_argument("--show-rejected", type=int, default=0, help="also list this many rejected layouts with reasons")
     g.add_argument("--all-stages", action="store_true", help="with --layout: print every pipeline stage")
     g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.add_argument("--anchors", action="store_true",
+                   help="print the model's predictions for the published runs it is calibrated on")
     return ap
 
 
 def inputs_from_args(a: argparse.Namespace) -> PlanInputs:
     from r1mega.model.presets import get_preset
 
-    model = get_preset(a.preset)
+    for name in ("preset", "gpus"):
+        if getattr(a, name) is None:
+            raise ConfigError(f"plan.{name}", f"--{name} is required (or --anchors)")
+    model = get_preset(a.preset, **({} if a.mtp_layers is None else {"num_nextn_predict_layers": a.mtp_layers}))
     model.validate()
     seq, p, r = a.seq, a.prompt_len, a.response_len
     if p is not None and r is not None:
@@ -96,8 +109,9 @@ def inputs_from_args(a: argparse.Namespace) -> PlanInputs:
         raise ConfigError("plan.cp", f"{a.cp!r}: expected comma-separated integers") from None
     return PlanInputs(
         model=model, gpus=a.gpus, gpu_mem_gib=a.gpu_mem, hardware=a.gpu, gpus_per_node=a.gpus_per_node,
-        seq_len=seq, prompt_len=p, prompts=a.prompts, group=a.group, micro_batch=a.micro_batch,
-        minibatches=a.minibatches, recompute=a.recompute, param_dtype=a.param_dtype, grad_dtype=a.grad_dtype,
+        seq_len=seq, prompt_len=p, mean_response_len=a.mean_response, prompts=a.prompts, group=a.group, micro_batch=a.micro_batch,
+        minibatches=a.minibatches, logprob_micro_batch=a.logprob_micro_batch, sequence_packing=not a.no_packing,
+        router_replay=a.router_replay, recompute=a.recompute, param_dtype=a.param_dtype, grad_dtype=a.grad_dtype,
         fp8=a.fp8, distributed_optimizer=not a.no_dist_opt, optimizer_offload=a.optimizer_offload,
         ref_model=a.ref_model, logprob_passes=a.logprob_passes, rollout_tp=a.rollout_tp, rollout_ep=a.rollout_ep,
         kv_cache_dtype=a.kv_cache_dtype, max_num_seqs=a.max_num_seqs, sleep_mode=not a.no_sleep,
@@ -130,7 +144,8 @@ def header(inp: PlanInputs, gen) -> list[str]:
     opts.append("trainer offload in generation" if inp.trainer_offload else "trainer stays resident")
     return [
         f"plan: {m.preset} on {inp.gpus} x {inp.hardware} ({inp.mem_gib:g} GiB, {inp.gpus_per_node}/node); "
-        f"seq {inp.seq_len} (prompt {inp.prompt_tokens} + response {inp.response_tokens}); "
+        f"seq {inp.seq_len} (prompt {inp.prompt_tokens} + response {inp.response_tokens}, mean "
+        f"{inp.mean_response_tokens:g}); "
         f"{inp.prompts} prompts x {inp.group} = {inp.rollouts} rollouts, micro-batch {inp.micro_batch}, "
         f"{inp.minibatches} optimizer step(s)",
         "options: " + ", ".join(opts),
@@ -201,7 +216,7 @@ def render_layout(ev: Evaluation, inp: PlanInputs, all_stages: bool = False) -> 
         shown = [stages[i] for i in keep]
     else:
         shown = stages
-    cols = [t for t in ("weights", "grads", "optimizer", "ref_weights", "activations", "moe_dispatch", "logits")
+    cols = [t for t in ("weights", "grads", "optimizer", "ref_weights", "activations", "moe_dispatch", "logits", "routing")
             if any(t in s.terms for s in stages)]
     lines.append("")
     lines.append("per-GPU memory (GiB) by pipeline stage:")
@@ -234,11 +249,18 @@ def render_layout(ev: Evaluation, inp: PlanInputs, all_stages: bool = False) -> 
         lines += [f"  - {r}" for r in ev.reasons]
     t = ev.time
     if t is not None:
-        lines.append(f"step-time proxy: {t.total:.1f} s = generation {t.generation:.1f} (prefill {t.prefill:.1f}, "
+        lines.append(f"step time (model): {t.total:.1f} s = generation {t.generation:.1f} (prefill {t.prefill:.1f}, "
                      f"decode {t.decode:.1f}) + log-probs {t.logprob:.1f} + train {t.train:.1f} (compute "
                      f"{t.train_compute:.1f}, TP {t.tp_comm:.2f}, EP {t.ep_comm:.2f}, PP {t.pp_comm:.2f}, DP "
                      f"{t.dp_comm:.2f}, optimizer {t.optimizer:.2f}; bubble {t.bubble_fraction:.0%}) + refit "
-                     f"{t.refit:.1f} + swaps {t.swap:.1f}; {t.tokens_per_s_per_gpu:.1f} tokens/s/GPU")
+                     f"{t.refit:.1f} + swaps {t.swap:.1f}; {t.tokens_per_s_per_gpu:.1f} tokens/s/GPU "
+                     f"({t.microbatches} microbatches per DP rank, {t.decode_steps:.0f} decode steps, MoE overhead "
+                     f"{t.moe_overhead:.2f})")
+    if ev.routing is not None:
+        r = ev.routing
+        lines.append(f"router replay (R3) routing: {r.bytes_per_token} B/token; {r.step_host / 2 ** 20:.0f} MiB per step on "
+                     f"the host, {r.per_dp_replica / 2 ** 20:.1f} MiB per DP replica, {r.microbatch_gpu / 2 ** 20:.1f} MiB "
+                     f"per microbatch on a GPU" + ("" if inp.router_replay != "none" else " (--router-replay r3 adds it)"))
     lines.append("Megatron settings: " + json.dumps(lay.megatron_args(inp.gpus)))
     return "\n".join(lines)
 
@@ -254,6 +276,10 @@ def main(argv: Optional[list] = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2): report it as the return code
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     try:
+        if a.anchors:
+            from .anchors import render as render_anchors
+            print(render_anchors())
+            return 0
         inp = inputs_from_args(a)
         inp.validate()
         if a.layout:

@@ -27,19 +27,20 @@ class Hardware:
     hbm_tbps: float           # HBM bandwidth, TB/s
     nvlink_gbps: float        # intra-node collective bandwidth per GPU, GB/s
     ib_gbps: float            # inter-node bandwidth per GPU (one NIC per GPU), GB/s
-    pcie_gbps: float          # host <-> device copy bandwidth per GPU, GB/s
+    pcie_gbps: float          # host <-> device copy bandwidth per GPU, all GPUs of a node at once, GB/s
     lat_intra_us: float       # latency of one small all-reduce inside a node, microseconds
     lat_inter_us: float       # the same across nodes
 
 
 HARDWARE: dict[str, Hardware] = {
     # H100 SXM 80GB: 989 TFLOPS dense BF16, 3.35 TB/s HBM3, NVLink 4 (900 GB/s bidirectional),
-    # 400 Gb/s InfiniBand per GPU.
-    "h100": Hardware("h100", 80.0, 989.0, 3.35, 360.0, 45.0, 25.0, 10.0, 40.0),
+    # 400 Gb/s InfiniBand per GPU; host copies: 12 GB/s per GPU while all 8 GPUs of a node offload at
+    # once (pageable host memory, two GPUs per PCIe switch), not the 25+ GB/s of one pinned copy.
+    "h100": Hardware("h100", 80.0, 989.0, 3.35, 360.0, 45.0, 12.0, 10.0, 40.0),
     # H200 141GB: H100 compute, 4.8 TB/s HBM3e.
-    "h200": Hardware("h200", 141.0, 989.0, 4.8, 360.0, 45.0, 25.0, 10.0, 40.0),
+    "h200": Hardware("h200", 141.0, 989.0, 4.8, 360.0, 45.0, 12.0, 10.0, 40.0),
     # A100 SXM 80GB: 312 TFLOPS BF16, 2.0 TB/s, NVLink 3, 200 Gb/s per GPU.
-    "a100": Hardware("a100", 80.0, 312.0, 2.0, 240.0, 22.0, 20.0, 12.0, 45.0),
+    "a100": Hardware("a100", 80.0, 312.0, 2.0, 240.0, 22.0, 10.0, 12.0, 45.0),
 }
 
 
@@ -54,10 +55,13 @@ class PlanInputs:
     # workload (one GRPO step)
     seq_len: int = 1536
     prompt_len: Optional[int] = None         # None = seq_len // 4
+    mean_response_len: Optional[int] = None  # mean generated tokens; None = every response runs to the cap
     prompts: int = 32
     group: int = 16
     micro_batch: int = 1
     minibatches: int = 1                     # optimizer steps per rollout batch
+    logprob_micro_batch: Optional[int] = None  # sequences per log-prob microbatch (None = micro_batch)
+    sequence_packing: bool = True            # train/log-prob microbatches packed to micro_batch * seq_len tokens
     # training options
     recompute: str = "auto"                  # none | selective | full | auto (best that fits)
     param_dtype: str = "bf16"                # bf16 | fp32
@@ -76,13 +80,20 @@ class PlanInputs:
     sleep_mode: bool = True                  # vLLM offloads weights + frees KV while training
     trainer_offload: bool = True             # trainer moves weights/optimizer to CPU while generating
     refit_buffer_gib: float = 2.0            # staging buffer of the train -> vLLM weight update
-    # budget and proxy constants
+    router_replay: str = "none"              # none | r2 | r3: routing ids carried to the trainer (MoE)
+    # budget
     reserve_gib: float = 4.0                 # CUDA contexts, NCCL buffers, allocator fragmentation
     host_mem_gib: float = 1800.0             # host RAM per node available for offloaded state
-    mfu: float = 0.25                        # model-FLOPs utilisation guess of training GEMMs
-    mfu_prefill: float = 0.3
-    hbm_efficiency: float = 0.6              # fraction of HBM bandwidth decoding achieves
     search_cp: tuple = (1,)                  # context-parallel sizes the search tries
+    # step-time model constants, calibrated on NeMo-RL v0.6's H100 runs (docs/planner.md "Calibration")
+    mfu: float = 0.2                         # training GEMM FLOPs utilisation (large GEMMs)
+    mfu_prefill: float = 0.3                 # vLLM prefill / decode compute utilisation
+    hbm_efficiency: float = 0.6              # fraction of HBM bandwidth a vLLM decode step achieves
+    decode_layer_us: float = 40.0            # fixed cost per layer per decode step (kernel launches, small ops)
+    engine_node_ms: float = 10.0             # per decode step and node beyond the first an engine spans
+    moe_imbalance: float = 1.3               # busiest EP rank's routed tokens / the mean (frozen router, no aux loss)
+    a2a_efficiency: float = 0.5              # achieved fraction of link bandwidth in the EP all-to-all
+    moe_layer_ms: float = 1.0                # per MoE layer and pass: routing, permutation, token-count host sync
 
     @property
     def hw(self) -> Hardware:
@@ -101,6 +112,20 @@ class PlanInputs:
     @property
     def response_tokens(self) -> int:
         return self.seq_len - self.prompt_tokens
+
+    @property
+    def mean_response_tokens(self) -> float:
+        """Mean generated tokens per rollout (the cap when not given)."""
+        return self.mean_response_len if self.mean_response_len is not None else self.response_tokens
+
+    @property
+    def mean_seq_tokens(self) -> float:
+        """Mean tokens of one rollout: prompt + mean response (what tokens/s/GPU counts)."""
+        return self.prompt_tokens + self.mean_response_tokens
+
+    @property
+    def logprob_mbs(self) -> int:
+        return self.logprob_micro_batch if self.logprob_micro_batch is not None else self.micro_batch
 
     @property
     def rollouts(self) -> int:
@@ -123,23 +148,35 @@ class PlanInputs:
         for name in ("gpus", "gpus_per_node", "seq_len", "prompts", "group", "micro_batch", "minibatches",
                      "max_num_seqs", "max_num_batched_tokens"):
             pos(name)
+        if self.logprob_micro_batch is not None:
+            pos("logprob_micro_batch")
         self.hw  # noqa: B018 (raises on an unknown name)
         if not 0 <= self.prompt_tokens < self.seq_len:
             raise ConfigError("plan.prompt_len", f"got {self.prompt_tokens}, expected 0 <= prompt < seq_len={self.seq_len}")
+        if self.mean_response_len is not None and not 1 <= self.mean_response_len <= self.response_tokens:
+            raise ConfigError("plan.mean_response_len", f"got {self.mean_response_len}, expected 1 <= mean response "
+                              f"<= the response cap {self.response_tokens} (seq_len - prompt_len)")
         if self.rollouts % self.minibatches:
             raise ConfigError("plan.minibatches", f"{self.minibatches} does not divide prompts*group = {self.rollouts}")
         if self.recompute not in RECOMPUTE_MODES + ("auto",):
             raise ConfigError("plan.recompute", f"got {self.recompute!r}, expected none, selective, full or auto")
         for name, choices in (("param_dtype", ("bf16", "fp32")), ("grad_dtype", ("fp32", "bf16")),
-                              ("ref_model", ("cpu", "gpu", "none")), ("kv_cache_dtype", ("bf16", "fp8"))):
+                              ("ref_model", ("cpu", "gpu", "none")), ("kv_cache_dtype", ("bf16", "fp8")),
+                              ("router_replay", ("none", "r2", "r3"))):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"plan.{name}", f"got {getattr(self, name)!r}, expected one of {', '.join(choices)}")
         if self.mem_gib <= 0:
             raise ConfigError("plan.gpu_mem_gib", f"got {self.mem_gib}, expected > 0")
         if self.rollout_tp is not None:
             pos("rollout_tp")
-        if not 0 < self.mfu <= 1 or not 0 < self.mfu_prefill <= 1 or not 0 < self.hbm_efficiency <= 1:
-            raise ConfigError("plan.mfu", "MFU and HBM efficiency guesses must lie in (0, 1]")
+        for name in ("mfu", "mfu_prefill", "hbm_efficiency", "a2a_efficiency"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"plan.{name}", f"got {getattr(self, name)}, expected a fraction in (0, 1]")
+        if self.moe_imbalance < 1:
+            raise ConfigError("plan.moe_imbalance", f"got {self.moe_imbalance}, expected >= 1 (busiest rank / mean)")
+        for name in ("decode_layer_us", "moe_layer_ms", "engine_node_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"plan.{name}", f"got {getattr(self, name)}, expected >= 0")
 
     def replace(self, **kw) -> "PlanInputs":
         return dataclasses.replace(self, **kw)

@@ -83,6 +83,21 @@ def mtp_extra_params(m: ModelConfig, c: ModelCount) -> tuple[float, float]:
     return float(eh), float(extra - eh)
 
 
+def gqa_kv_params(m: ModelConfig) -> int:
+    """Parameters of one GQA layer's K and V projections (weights + Qwen2's biases): 2 * kv * d * (h + bias).
+    0 for MLA."""
+    if m.mla:
+        return 0
+    hd = m.head_dim or m.hidden_size // m.num_attention_heads
+    kv = m.num_key_value_heads or m.num_attention_heads
+    return 2 * kv * hd * (m.hidden_size + (1 if m.qkv_bias else 0))
+
+
+def has_dense_layers(m: ModelConfig) -> bool:
+    """Whether any decoder layer has a dense FFN (qwen3_moe has none: its intermediate_size is unused)."""
+    return "dense" in m.layer_kinds()
+
+
 # --------------------------------------------------------------------------------------------
 # Activations  (docs/planner.md "Activations")
 # --------------------------------------------------------------------------------------------
@@ -100,6 +115,8 @@ def _attention_tensors(m: ModelConfig, T: float, t: int, a: float, g: float) -> 
     if not m.mla:
         hd = m.head_dim or h // nh
         kv = m.num_key_value_heads or nh
+        if m.qk_norm:                                       # Qwen3: per-head q/k RMSNorm inputs
+            out.append((a * T * (nh + kv) * hd / t, "keep"))
         out += [(a * T * (nh + 2 * kv) * hd / t, "keep"),   # q, k, v (flash-attention inputs)
                 (g * T * nh * hd / t, "keep"),              # attention output = out-proj input
                 (4 * T * nh / t, "keep")]                   # softmax log-sum-exp (fp32)
@@ -212,23 +229,27 @@ class GenMemory:
 def gen_memory(inp: PlanInputs, rollout_tp: int) -> GenMemory:
     """vLLM weights at the rollout TP + KV cache of the concurrent sequences + forward workspace.
 
-    weights  = (total - replicated) / rollout_TP + replicated, at 2 bytes (1 with FP8); MTP is not
-               loaded (no speculative decoding). Replicated: norms, router, MLA latent
-               down-projections. With expert parallelism (rollout_ep) vLLM spreads whole experts
-               over the same ranks instead of slicing each one: the same bytes per GPU.
+    weights  = (total - replicated - kv) / rollout_TP + replicated + kv / min(rollout_TP, n_kv), at
+               2 bytes (1 with FP8); MTP is not loaded (no speculative decoding). Replicated: norms
+               (Qwen3's q/k norms included), router, MLA latent down-projections; kv = the GQA K/V
+               projections, whose heads vLLM replicates once rollout_TP > n_kv. With expert
+               parallelism (rollout_ep) vLLM spreads whole experts over the same ranks instead of
+               slicing each one: the same bytes per GPU.
     kv_cache = concurrency * seq_len (rounded up to 16-token blocks) * L * kv_bytes_per_token_layer
     workspace = 2 * C * (6h + k*h + 3*max(I, (k + shared)*I_e) / rollout_TP) + 4 * concurrency * V
                (C = max_num_batched_tokens: hidden-size buffers, fused-MoE intermediates,
-               full-vocabulary fp32 logits of the sampler)."""
+               full-vocabulary fp32 logits of the sampler; I only when the model has dense layers)."""
     m = inp.model
     c = counts(m)
     wb = 1 if inp.fp8 else 2
     n_moe = sum(1 for l in c.layers if l.kind == "moe")
     router = sum(l.router for l in c.layers)
     replicated = sum(l.norms for l in c.layers) + len(c.layers) * mla_latent_down_params(m) + router + c.final_norm
-    sharded = c.total - replicated
+    kv_proj = len(c.layers) * gqa_kv_params(m)
+    sharded = c.total - replicated - kv_proj
     experts = sum(l.routed_experts for l in c.layers)
-    weights = wb * (sharded / rollout_tp + replicated)
+    n_kv = 1 if m.mla else (m.num_key_value_heads or m.num_attention_heads)
+    weights = wb * (sharded / rollout_tp + replicated + kv_proj / min(rollout_tp, n_kv))
     expert_weights = wb * experts / rollout_tp
     engines = max(1, inp.gpus // rollout_tp)
     per_engine = -(-inp.rollouts // engines)
@@ -239,18 +260,31 @@ def gen_memory(inp: PlanInputs, rollout_tp: int) -> GenMemory:
     seq_blocks = -(-inp.seq_len // 16) * 16
     kv = conc * seq_blocks * per_tok
     h, k = m.hidden_size, (m.num_experts_per_tok if m.is_moe else 0)
-    ffn = max(m.intermediate_size, (k + (m.n_shared_experts if m.is_moe else 0)) * m.moe_intermediate_size)
+    ffn = max(m.intermediate_size if has_dense_layers(m) else 0,
+              (k + (m.n_shared_experts if m.is_moe else 0)) * m.moe_intermediate_size)
     chunk = min(inp.max_num_batched_tokens, conc * inp.seq_len)
     workspace = 2 * chunk * (6 * h + k * h + 3 * ffn / rollout_tp) + 4 * conc * m.vocab_size
     return GenMemory(rollout_tp, engines, per_engine, conc, waves, weights, expert_weights, kv, workspace, per_tok)
 
 
+def rollout_tp_error(m: ModelConfig, rollout_tp: int) -> str | None:
+    """vLLM's rule for a TP size: it divides the attention heads, and for GQA the KV heads divide
+    it or it divides them (KV heads are split, or each replicated on rollout_TP / n_kv ranks)."""
+    if m.num_attention_heads % rollout_tp:
+        return f"attention heads {m.num_attention_heads} % rollout TP {rollout_tp} != 0"
+    if not m.mla:
+        kv = m.num_key_value_heads or m.num_attention_heads
+        if kv % rollout_tp and rollout_tp % kv:
+            return f"KV heads {kv} and rollout TP {rollout_tp}: neither divides the other"
+    return None
+
+
 def auto_rollout_tp(inp: PlanInputs) -> int:
-    """Smallest power-of-two rollout TP (dividing the GPU count and the heads) whose engine
+    """Smallest power-of-two rollout TP (dividing the GPU count, valid for vLLM) whose engine
     (weights + KV + workspace + reserve) fits one GPU; the largest valid one if none fits."""
     m = inp.model
     cands = [t for t in (2 ** i for i in range(0, 12)) if t <= inp.gpus and inp.gpus % t == 0
-             and m.num_attention_heads % t == 0]
+             and rollout_tp_error(m, t) is None]
     for t in cands:
         g = gen_memory(inp, t)
         if g.weights + g.kv_cache + g.workspace + inp.reserve_gib * GIB <= inp.mem_gib * GIB:
@@ -396,6 +430,13 @@ def stage_memories(inp: PlanInputs, layout: Layout, gen: GenMemory) -> list[Stag
             terms["ref_weights"] = terms["weights"]
         elif inp.ref_model == "cpu":
             host_always += terms["weights"]
+        if inp.router_replay != "none" and n_moe:
+            # routing ids of the microbatches in flight (as carried: 1 or 2 B) + one microbatch's int64
+            # copy of all MoE layers + the int64 share of this stage's layers (docs/planner.md "Router replay")
+            per_layer = inp.micro_batch * inp.seq_len / cp * m.num_experts_per_tok
+            L = sum(1 for l in c.layers if l.kind == "moe")
+            terms["routing"] = (per_layer * L * (1 if m.n_routed_experts <= 256 else 2) * in_flight
+                                + per_layer * L * 8 + per_layer / t * n_moe * 8)
         st = StageMemory(i, n, n_dense, n_moe, n_mtp if last else 0, first, last, in_flight,
                          p_dense, p_exp, flops, flops_exp, terms)
         _phases(inp, st, gen)
@@ -416,6 +457,8 @@ def _phases(inp: PlanInputs, st: StageMemory, gen: GenMemory) -> None:
     state = {k: tr[k] for k in ("weights", "grads", "optimizer", "ref_weights") if k in tr}
     train = dict(state)
     train.update(activations=tr["activations"], moe_dispatch=tr["moe_dispatch"], logits=tr["logits"])
+    if "routing" in tr:
+        train["routing"] = tr["routing"]
     if not inp.sleep_mode:
         train.update(gen_weights=gen.weights, kv_cache=gen.kv_cache)
     train["reserve"] = reserve
@@ -455,3 +498,39 @@ def overflow_reasons(inp: PlanInputs, stages: list[StageMemory]) -> list[str]:
 
 def fmt_gib(x: float) -> str:
     return f"{x / GIB:.1f}" if math.isfinite(x) else "inf"
+
+
+# --------------------------------------------------------------------------------------------
+# Router replay (R3)  (docs/planner.md "Router replay")
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class RoutingCost:
+    """Bytes of carrying routing ids (tokens x MoE layers x top-k) through one GRPO step."""
+    bytes_per_token: int            # L x K x id bytes (r1mega.train.router_replay.routing_bytes)
+    step_host: float                # the step's rollouts, padded to seq_len, where they are gathered
+    per_dp_replica: float           # one data-parallel replica's share
+    microbatch_gpu: float           # one microbatch on one GPU: its ids, their int64 copy, the stage's layers
+
+    def to_dict(self) -> dict:
+        return {"bytes_per_token": self.bytes_per_token, "step_host_mib": self.step_host / 2 ** 20,
+                "per_dp_replica_mib": self.per_dp_replica / 2 ** 20, "microbatch_gpu_mib": self.microbatch_gpu / 2 ** 20}
+
+
+def routing_cost(inp: PlanInputs, layout: Layout, stages: list[StageMemory]) -> RoutingCost | None:
+    """R3's routing bytes for this layout (None for dense models). Host: rollouts * seq_len tokens,
+    DP replica: that / DP. GPU, one microbatch b*seq/CP tokens: the ids of all L layers as carried
+    (id bytes) + their int64 copy (8 B) + each stage layer's contiguous int64 share (/TP under
+    sequence parallelism), as r1mega.train.router_replay.set_replay builds them."""
+    m = inp.model
+    if not m.is_moe:
+        return None
+    from r1mega.train.router_replay import moe_layer_count, routing_bytes
+
+    per_tok = routing_bytes(1, m)
+    step = routing_bytes(inp.rollouts * inp.seq_len, m)
+    T = inp.micro_batch * inp.seq_len / layout.cp
+    L, k = moe_layer_count(m), m.num_experts_per_tok
+    stage_layers = max(s.moe_layers for s in stages)
+    gpu = T * per_tok + T * L * k * 8 + T / layout.tp * stage_layers * k * 8
+    return RoutingCost(per_tok, step, step / layout.dp(inp.gpus), gpu)

@@ -16,7 +16,8 @@ from typing import Optional, Union
 from r1mega.config.base import ConfigError
 
 from .inputs import GIB, RECOMPUTE_MODES, Layout, LayoutSpec, PlanInputs, candidate_splits, split_layers
-from .memory import GenMemory, StageMemory, auto_rollout_tp, gen_memory, overflow_reasons, stage_memories
+from .memory import (GenMemory, StageMemory, auto_rollout_tp, gen_memory, has_dense_layers, overflow_reasons,
+                     RoutingCost, rollout_tp_error, routing_cost, stage_memories)
 from .throughput import StepTime, step_time
 
 
@@ -30,6 +31,7 @@ class Evaluation:
     stages: list = field(default_factory=list)  # StageMemory per pipeline stage
     gen: Optional[GenMemory] = None
     time: Optional[StepTime] = None
+    routing: Optional[RoutingCost] = None       # R3 routing bytes (MoE models)
     world: int = 0
     mem_gib: float = 0.0
 
@@ -67,6 +69,8 @@ class Evaluation:
             d["generation"] = self.gen.to_dict()
         if self.time is not None:
             d["time"] = self.time.to_dict()
+        if self.routing is not None:
+            d["router_replay"] = self.routing.to_dict()
         return d
 
 
@@ -84,7 +88,7 @@ def layout_errors(inp: PlanInputs, tp: int, pp: int, ep: int, etp: int, cp: int)
         kv = m.num_key_value_heads or m.num_attention_heads
         if kv % tp:
             errs.append(f"KV heads {kv} % TP {tp} != 0")
-    if m.intermediate_size % tp:
+    if has_dense_layers(m) and m.intermediate_size % tp:
         errs.append(f"intermediate_size {m.intermediate_size} % TP {tp} != 0")
     if m.is_moe:
         if m.n_routed_experts % ep:
@@ -108,7 +112,13 @@ def layout_errors(inp: PlanInputs, tp: int, pp: int, ep: int, etp: int, cp: int)
 
 
 def resolve_rollout_tp(inp: PlanInputs) -> int:
-    return inp.rollout_tp if inp.rollout_tp is not None else auto_rollout_tp(inp)
+    """The given rollout TP (checked against vLLM's head rules) or the smallest that fits."""
+    if inp.rollout_tp is None:
+        return auto_rollout_tp(inp)
+    err = rollout_tp_error(inp.model, inp.rollout_tp)
+    if err:
+        raise ConfigError("plan.rollout_tp", err)
+    return inp.rollout_tp
 
 
 def _evaluate_fixed(inp: PlanInputs, layout: Layout, gen: GenMemory, with_time: bool = True) -> Evaluation:
@@ -118,6 +128,7 @@ def _evaluate_fixed(inp: PlanInputs, layout: Layout, gen: GenMemory, with_time: 
                     world=inp.gpus, mem_gib=inp.mem_gib)
     if with_time:
         ev.time = step_time(inp, layout, stages, gen)
+        ev.routing = routing_cost(inp, layout, stages)
     return ev
 
 
@@ -179,6 +190,7 @@ def evaluate(inp: PlanInputs, spec: Union[LayoutSpec, str, Layout], gen: Optiona
             if cand is None or ev.peak < cand.peak:
                 cand = ev
         cand.time = step_time(inp, cand.layout, cand.stages, gen)
+        cand.routing = routing_cost(inp, cand.layout, cand.stages)
         if _better(cand, best):
             best = cand
     best.notes = notes + best.notes
