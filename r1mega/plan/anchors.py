@@ -1,6 +1,7 @@
 """Published GRPO runs the step-time model is calibrated on (NeMo-RL v0.6, DGX-H100, BF16, on-policy,
 colocated vLLM). ``r1mega plan --anchors`` prints the model's prediction for each next to the
-published figure; tests/plan asserts the first three within 30%. Sources and assumptions:
+published figure; tests/plan asserts every one within 30% (the first three are fitted, the last two
+held out). Sources and assumptions:
 docs/planner.md "Calibration".
 
 Every run is NeMo-RL's performance recipe (examples/configs/recipes/llm/performance/*.yaml at r0.6.0,
