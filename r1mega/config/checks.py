@@ -24,6 +24,10 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
           "cpu_threads", f"got {cfg.cpu_threads!r}, expected a whole number >= 1 or null")
     cfg.model.validate("model")
     cfg.parallel.validate(world_size, "parallel")
+    if cfg.parallel.context_parallel > 1:  # needs Transformer Engine attention: the platform layer knows
+        from r1mega.platform.device import check_context_parallel
+
+        check_context_parallel(cfg.parallel.context_parallel, "parallel.context_parallel")
     for name in ("optimizer", "data", "rollout", "logging", "checkpoint", "grpo", "rewards", "rejection", "eval",
                  "reward_model"):
         validate = getattr(getattr(cfg, name), "validate", None)
@@ -52,7 +56,7 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
 
 
 def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None:
-    """What Megatron-Core needs of TP/PP/EP given the model shape (CP > 1 is refused by ParallelConfig.validate)."""
+    """What Megatron-Core needs of TP/PP/CP/EP given the model shape."""
     tp, pp, ep = par.tensor_parallel, par.pipeline_parallel, par.expert_parallel
     check(model.num_attention_heads % tp == 0, "parallel.tensor_parallel",
           f"{tp} does not divide model.num_attention_heads={model.num_attention_heads} (each TP rank needs whole heads)")
@@ -91,7 +95,14 @@ def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None
             check(n % vp == 0, "parallel.virtual_pipeline",
                   f"{vp} does not divide parallel.num_layers_in_{name}_pipeline_stage={n} (every virtual stage of the "
                   f"{name} pipeline stage needs the same whole number of layers)")
-    if par.sequence_parallel:
+    cp = par.context_parallel
+    if cp > 1:  # 2 x CP equal chunks per sequence, each chunk's share split again over TP by sequence parallelism
+        multiple = 2 * cp * (tp if par.sequence_parallel else 1)
+        check(seq_length % multiple == 0, "parallel.context_parallel",
+              f"data.seq_length={seq_length} is not divisible by 2 x CP{' x TP' if par.sequence_parallel else ''} = "
+              f"{multiple} (each sequence is cut into 2 x {cp} equal chunks"
+              f"{', split again over the tensor-parallel ranks' if par.sequence_parallel else ''})")
+    elif par.sequence_parallel:
         check(seq_length % tp == 0, "parallel.sequence_parallel", f"data.seq_length={seq_length} is not divisible by tensor_parallel={tp}")
     check(seq_length <= model.max_position_embeddings, "data.seq_length",
           f"{seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
@@ -139,6 +150,10 @@ def check_rollout(cfg, world_size: Optional[int], rl: bool) -> None:
         if world_size is not None:
             check(world_size % rtp == 0, "rollout.tensor_parallel",
                   f"{rtp} does not divide the world size {world_size} (vLLM runs colocated on the training ranks)")
+    check(ro.engine != "megatron" or cfg.parallel.context_parallel == 1, "rollout.engine",
+          f"'megatron' generates with the trainer's model, whose attention under parallel.context_parallel="
+          f"{cfg.parallel.context_parallel} expects split sequences (Megatron's inference has no context parallelism); "
+          "use 'vllm'")
     max_len = ro.max_model_len or cfg.data.seq_length
     check(ro.max_new_tokens < max_len, "rollout.max_new_tokens",
           f"{ro.max_new_tokens} leaves no room for the prompt within {max_len} tokens (rollout.max_model_len or data.seq_length)")

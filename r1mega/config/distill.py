@@ -155,7 +155,8 @@ def check_distill_stage(top, resolved, stage, earlier, world_size: Optional[int]
     check(par.pipeline_parallel == 1, "parallel.pipeline_parallel",
           f"got {par.pipeline_parallel}: logit distillation (distill.alpha > 0) runs the teacher inside the "
           "student's loss and supports pipeline_parallel=1 only; use TP/DP, or distill.alpha=0")
-    # (context_parallel > 1 is refused for every stage by ParallelConfig.validate, which runs first)
+    # context_parallel > 1 needs Transformer Engine (checks.validate_run); the teacher is built at the student's
+    # layout, so it runs on the same CP chunks of each microbatch as the student
     names = top.pipeline.names()
     name = teacher_stage_name(d.teacher, names)
     ref = stage_ref(d.teacher)

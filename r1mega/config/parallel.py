@@ -16,9 +16,9 @@ class ParallelConfig:
     num_layers_in_last_pipeline_stage: Optional[int] = doc(None, "Uneven pipeline split: decoder layers on the last stage (it also holds the head and MTP); None = even split.")
     expert_parallel: int = doc(1, "Expert-parallel size (EP); experts are split across EP ranks.")
     expert_tensor_parallel: Optional[int] = doc(None, "Tensor-parallel size inside experts (ETP; None = same as TP).")
-    context_parallel: int = doc(1, "Context-parallel size (CP). Only 1 for now: the training engine does not split "
-                                   "sequences over CP ranks yet, and Megatron's local attention (the CPU path) cannot "
-                                   "do CP (Transformer Engine attention is required).")
+    context_parallel: int = doc(1, "Context-parallel size (CP): each sequence is split over CP ranks in 2 x CP "
+                                   "load-balanced chunks (docs/context_parallel.md). Needs Transformer Engine attention "
+                                   "(a GPU); refused without it.")
     data_parallel: Optional[int] = doc(None, "Data-parallel size; None = derived as world / (TP*PP*CP). If set, must match.")
     sequence_parallel: bool = doc(False, "Sequence parallelism with TP (required by Megatron for MoE when TP>1).")
     moe_token_dispatcher: str = doc("alltoall", "MoE token dispatcher: 'alltoall' or 'allgather'.")
@@ -39,11 +39,6 @@ class ParallelConfig:
         check_int(self.data_parallel, f"{where}.data_parallel", allow_none=True)
         check_int(self.expert_tensor_parallel, f"{where}.expert_tensor_parallel", allow_none=True)
         check_choice(self.moe_token_dispatcher, ("alltoall", "allgather"), f"{where}.moe_token_dispatcher")
-        check(self.context_parallel == 1, f"{where}.context_parallel",
-              f"got {self.context_parallel}, expected 1: context parallelism is not implemented (the training engine "
-              "does not split each sequence over the CP ranks, so training would be silently wrong, and Megatron's "
-              "local attention cannot do CP: Transformer Engine attention is required); use tensor/pipeline/"
-              "expert/data parallelism")
         if self.virtual_pipeline is not None:
             vp = self.virtual_pipeline
             check(isinstance(vp, int) and not isinstance(vp, bool) and vp >= 2, f"{where}.virtual_pipeline",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import warnings
 
-from .device import (default_dtype_name, device, dist_backend, empty_cache, has_cuda,  # noqa: F401
-                     have_transformer_engine, megatron_config_overrides, memory_allocated_gb, synchronize)
+from .device import (check_context_parallel, default_dtype_name, device, dist_backend, empty_cache,  # noqa: F401
+                     has_cuda, have_transformer_engine, megatron_config_overrides, memory_allocated_gb, synchronize)
 
 _initialised = False
 

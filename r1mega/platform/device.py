@@ -64,6 +64,17 @@ def have_transformer_engine() -> bool:
     return True
 
 
+def check_context_parallel(context_parallel: int, where: str = "parallel.context_parallel") -> None:
+    """Context parallelism runs only in Transformer Engine's attention (it exchanges the other ranks' keys and
+    values around its ring; Megatron's local attention, the path without TE, has no CP): refuse it otherwise."""
+    if context_parallel > 1 and not have_transformer_engine():
+        from r1mega.config.base import ConfigError
+
+        raise ConfigError(where, f"got {context_parallel}: context parallelism needs Transformer Engine attention "
+                                 "(Megatron's local attention cannot split a sequence over ranks), and Transformer "
+                                 "Engine is not usable on this machine (it needs CUDA); use 1")
+
+
 def default_dtype_name() -> str:
     """Parameter dtype a config gets when it does not say: bf16 on GPU, fp32 on CPU
     (bf16 is slower than fp32 on CPU, and parity tests compare in fp32)."""

@@ -81,8 +81,10 @@ def init_model_parallel(parallel, seed: int = 1234) -> None:
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
     from . import init as _platform_init
+    from .device import check_context_parallel
 
     _platform_init()
+    check_context_parallel(parallel.context_parallel)
     info = init_distributed()
     parallel.validate(info.world_size)
     if ps.model_parallel_is_initialized():

@@ -93,6 +93,14 @@ def split_microbatch(mb: dict, cp_size: int, cp_rank: int, seq_sum: Callable[[Te
     return out
 
 
+def loss_scale(num_microbatches: int, dp_size: int) -> float:
+    """The factor of each microbatch's loss share in the engine: microbatches x DP, not / CP. Megatron's schedule
+    divides a ``(loss, metrics)`` return by the microbatches and multiplies it by CP; its DDP scales gradients by
+    ``1 / (DP x CP)`` as it all-reduces them over the data-and-context-parallel group. The gradient is then that
+    of the sum of the shares over every microbatch, DP and CP rank: the global loss."""
+    return float(num_microbatches * dp_size)
+
+
 # ------------------------------------------------------------------ collectives
 class _RowSum(torch.autograd.Function):
     """Sum over the ranks holding slices of the same rows. The ranks' losses are added, so the gradient of the

@@ -20,6 +20,11 @@ A batch with ``lengths [B]`` (see :mod:`r1mega.train.batching`) has its padding 
 MoE router statistics (expert-bias token counts, sequence aux loss) and, on a layout without
 pipeline stages or context parallelism, runs in microbatches cut to their rows' lengths, rows
 sorted longest first unless the loss pairs them (see :meth:`TrainEngine._run`).
+
+Context parallelism (``parallel.context_parallel > 1``, Transformer Engine attention only): every CP rank of a
+data-parallel rank trains on CP rank 0's copy of the batch; each microbatch is cut into this rank's 2 of
+2 x CP chunks of every row, with what the loss needs of the whole rows (:mod:`r1mega.train.context_parallel`),
+and the log-probs of a frozen pass are gathered back to whole rows on every rank.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from r1mega.config.optimizer import OptimizerConfig
 from r1mega.config.parallel import ParallelConfig
 from r1mega.model.builder import build_model
 from r1mega.platform.distributed import init_model_parallel
+from r1mega.train import context_parallel as cpar
 from r1mega.train.batching import microbatches, pad_batch, take_rows, trim_positions
 from r1mega.train import router_replay as rr
 from r1mega.train.logprobs import vocab_parallel_logprobs
@@ -151,7 +157,9 @@ class TrainEngine:
     def _forward_step(self, loss_wrapper, data_iterator, model):
         mb = next(data_iterator)
         tokens = mb["tokens"]
-        pos = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
+        pos = mb.get("position_ids")  # context parallelism: the positions of this rank's chunks
+        if pos is None:
+            pos = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
         kw = {"padding_mask": self._padding_mask(model, pos, mb["lengths"])} if "lengths" in mb else {}
         replay = self._routing_action(mb)
         try:
@@ -234,6 +242,8 @@ class TrainEngine:
         mb_list = microbatches(batch, mbs)
         if trim:
             mb_list = [trim_positions(mb, self._seq_multiple()) for mb in mb_list]
+        if p.context_parallel > 1:
+            mb_list = [self._cp_split(mb) for mb in mb_list]
         assert len(mb_list) == n_micro, (len(mb_list), n_micro)
         iters = [iter(mb_list) for _ in self.chunks]
         return get_forward_backward_func()(
@@ -242,9 +252,28 @@ class TrainEngine:
             num_microbatches=len(mb_list), seq_length=batch["tokens"].size(1), micro_batch_size=mbs,
             forward_only=forward_only), order
 
+    def _cp_split(self, mb: dict) -> dict:
+        """This CP rank's chunks of a microbatch, with the whole rows' counts, sums and reporting rank."""
+        from megatron.core import parallel_state as ps
+
+        group = ps.get_context_parallel_group()
+        return cpar.split_microbatch(mb, self.parallel.context_parallel, ps.get_context_parallel_rank(),
+                                     cpar.seq_sum_fn(group))
+
+    def _same_rows(self, batch: dict) -> dict:
+        """Under context parallelism, CP rank 0's copy of ``batch`` on every rank of its CP group (they must train
+        on the same rows); the batch itself otherwise."""
+        from megatron.core import parallel_state as ps
+
+        if self.parallel.context_parallel == 1:
+            return batch
+        group = ps.get_context_parallel_group()
+        return cpar.broadcast_rows(batch, group, dist.get_global_rank(group, 0))
+
     def _global_counts(self, batch: dict) -> dict:
         from megatron.core import parallel_state as ps
 
+        # counted on whole rows, before any context-parallel split: over the DP group (CP ranks hold the same rows)
         counts = torch.tensor([float(batch["tokens"].size(0)), float(batch["loss_mask"].sum())])
         if ps.get_data_parallel_world_size() > 1:
             dist.all_reduce(counts, group=ps.get_data_parallel_group())
@@ -268,6 +297,7 @@ class TrainEngine:
             c.train()
             c.zero_grad_buffer()
         self.optimizer.zero_grad()
+        batch = self._same_rows(batch)
         batch = {**batch, **self._global_counts(batch)}
         n_micro = self._num_microbatches(batch)
         dp = ps.get_data_parallel_world_size()
@@ -278,8 +308,8 @@ class TrainEngine:
                 mb = {**mb, "entropy": entropy.detach()}
             mb = self._with_logits(loss_fn, mb, output)
             loss, metrics = loss_fn(logprobs, mb)
-            cp = self.parallel.context_parallel
-            return loss * (n_micro * dp / cp), metrics
+            # the returns summed over microbatches, DP and CP ranks are the global loss; Megatron averages them
+            return loss * cpar.loss_scale(n_micro, dp), metrics
 
         routers = self._router_state() if before_update is not None else []
         # No trimming with MTP: its loss counts padding positions and its router takes no padding mask.
@@ -301,6 +331,14 @@ class TrainEngine:
         self.step += 1
         lr = self.optimizer.param_groups[0]["lr"]
         return StepStats(metrics, float(grad_norm or 0.0), float(lr), not ok, sums)
+
+    def _cp_gather(self, local: torch.Tensor, dim: int) -> torch.Tensor:
+        """A microbatch output's CP chunks (positions along ``dim``) back to whole rows, on every CP rank."""
+        from megatron.core import parallel_state as ps
+
+        if self.parallel.context_parallel == 1:
+            return local
+        return cpar.gather(local, ps.get_context_parallel_group(), self.parallel.context_parallel, dim)
 
     def _router_state(self) -> list:
         """``(router, expert_bias, local_tokens_per_expert)`` copies of every MoE router with a load bias."""
@@ -336,6 +374,7 @@ class TrainEngine:
         """Forward-only loss and metrics of ``batch`` (same normalisation as training)."""
         for c in self.chunks:
             c.eval()
+        batch = self._same_rows(batch)
         batch = {**batch, **self._global_counts(batch)}
 
         def loss_wrapper(mb, output):
@@ -359,6 +398,7 @@ class TrainEngine:
 
         for c in self.chunks:
             c.eval()
+        batch = self._same_rows(batch)
         B, S = batch["tokens"].shape
         if record_routing:
             if not self.replay_routers:
@@ -380,11 +420,11 @@ class TrainEngine:
         finally:
             self._recording = False
         if record_routing:
-            routing = _unsplit([s["_routing"] for s in stores], order, B, S)
+            routing = _unsplit([self._cp_gather(s["_routing"], 1) for s in stores], order, B, S)
             if "lengths" in batch:  # padding positions were routed too: keep them unrecorded (zeros)
                 routing[torch.arange(S)[None] >= batch["lengths"].cpu()[:, None]] = 0
         if self._is_last_stage():
-            outs = [s["_out"] for s in stores]  # [2, b, S'], S' cut to the microbatch's rows: pad back
+            outs = [self._cp_gather(s["_out"], 2) for s in stores]  # [2, b, S'], S' cut to the microbatch's rows: pad back
             width = max(S, max(o.size(2) for o in outs))
             out = torch.cat([F.pad(o, [0, width - o.size(2)]) for o in outs], dim=1)
             if order is not None:

@@ -1,6 +1,7 @@
 """No config field silently ignored (r1mega.config.stage_fields): a field set by the user that the stage kinds
 of the pipeline do not read is a config error naming the field, the stage and its kind; and the settings the
-engine cannot honour (grpo.reward_granularity process, parallel.context_parallel > 1) are refused."""
+engine cannot honour (grpo.reward_granularity process, parallel.context_parallel > 1 without Transformer
+Engine) are refused."""
 from __future__ import annotations
 
 import dataclasses
@@ -151,15 +152,15 @@ def test_process_reward_granularity_is_refused():
     assert load_config(None, ["grpo.reward_granularity=outcome"]).grpo.reward_granularity == "outcome"
 
 
-def test_context_parallel_is_refused():
-    msg = ("parallel.context_parallel: got 2, expected 1: context parallelism is not implemented (the training "
-           "engine does not split each sequence over the CP ranks, so training would be silently wrong, and "
-           "Megatron's local attention cannot do CP: Transformer Engine attention is required); use tensor/pipeline/"
-           "expert/data parallelism")
+def test_context_parallel_without_transformer_engine_is_refused():
+    """(The CP rules that apply with TE: tests/config/test_context_parallel_config.py.)"""
+    msg = ("parallel.context_parallel: got 2: context parallelism needs Transformer Engine attention (Megatron's "
+           "local attention cannot split a sequence over ranks), and Transformer Engine is not usable on this machine "
+           "(it needs CUDA); use 1")
     assert error("parallel.context_parallel=2") == msg
 
 
-def test_context_parallel_is_refused_for_a_distill_stage():
-    """The one error for every stage kind, logit distillation included (its own CP check is gone)."""
-    assert error("pipeline.stages.distill.overrides.parallel.context_parallel=2", path=DEMO).startswith("stage 'distill': parallel.context_parallel: got 2, expected 1: context "
-                                   "parallelism is not implemented")
+def test_context_parallel_without_transformer_engine_is_refused_for_a_distill_stage():
+    """The one error for every stage kind, logit distillation included."""
+    assert error("pipeline.stages.distill.overrides.parallel.context_parallel=2", path=DEMO).startswith(
+        "stage 'distill': parallel.context_parallel: got 2: context parallelism needs Transformer Engine attention")
