@@ -368,8 +368,12 @@ def write_config(cfg: dict, run_dir: Path, path: Path) -> None:
 
 
 def reference(cfg: dict, work: Path, timeout: float) -> tuple[Path, float]:
-    """The uninterrupted run of ``cfg``, made once and cached under WORK/ref-<hash>; (run dir, wall seconds)."""
-    h = hashlib.sha256(yaml.safe_dump(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    """The uninterrupted run of ``cfg``, made once and cached under WORK/ref-<hash>; (run dir, wall seconds).
+    The hash covers the configuration and r1mega's source: a reference made by other code is never compared."""
+    h = hashlib.sha256(yaml.safe_dump(cfg, sort_keys=True).encode())
+    for src in sorted((ROOT / "r1mega").rglob("*.py")):
+        h.update(str(src.relative_to(ROOT)).encode() + b"\0" + src.read_bytes())
+    h = h.hexdigest()[:12]
     ref = work / f"ref-{h}"
     done = ref / "chaos_reference.json"
     if done.is_file():
