@@ -6,7 +6,8 @@
   r1mega plan --anchors        # predicted vs published (NeMo-RL v0.6) for the calibration runs
 
 Without --layout: enumerate layouts, reject those that do not fit (with the reason), rank the rest
-by a step-time proxy. With --layout: the memory breakdown of that one layout.
+by a step-time model calibrated on published runs (--anchors). With --layout: the memory breakdown of
+that one layout and its step time.
 Exit status: 0 = fits (or: some layout fits), 1 = does not fit (none fits), 2 = bad arguments.
 Formulas: docs/planner.md.
 """

@@ -1,7 +1,8 @@
 """What the planner is asked: the model, the machine, the GRPO workload, the options; and a layout.
 
 Everything here is plain data. The formulas live in ``memory.py`` (bytes per GPU) and
-``throughput.py`` (the step-time proxy); ``search.py`` enumerates and ranks layouts.
+``throughput.py`` (the step-time model); ``search.py`` enumerates and ranks layouts; ``anchors.py`` holds
+the published runs the step-time constants are calibrated on.
 docs/planner.md documents every formula and every default below.
 """
 from __future__ import annotations

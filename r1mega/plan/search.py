@@ -235,7 +235,7 @@ def search_space(inp: PlanInputs) -> list[tuple[int, int, int, int, int]]:
 
 
 def search(inp: PlanInputs) -> SearchResult:
-    """Evaluate every candidate; rank the feasible ones by the step-time proxy."""
+    """Evaluate every candidate; rank the feasible ones by the step-time model."""
     inp.validate()
     gen = gen_memory(inp, resolve_rollout_tp(inp))
     ranked, rejected = [], []
