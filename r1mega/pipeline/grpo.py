@@ -328,7 +328,7 @@ class GRPOStage:
         adv = group_advantages(r, self.G, mode=g.advantage_mode, eps=g.adv_epsilon)
         batch = ro.to_batch(pad_id=self.tok.pad_token_id or 0)
         batch["advantages"] = adv
-        local = self._shard(batch)
+        local = self.policy.same_rows(self._shard(batch))  # context parallelism: CP rank 0's rollouts on its CP ranks
         from megatron.core import parallel_state as ps
 
         dp_group = ps.get_data_parallel_group() if ps.get_data_parallel_world_size() > 1 else None

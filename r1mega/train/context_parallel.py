@@ -144,7 +144,7 @@ def broadcast_rows(batch: dict, group, src: int) -> dict:
     tensors = sorted(k for k, v in batch.items() if torch.is_tensor(v))
     box = [{k: (tuple(batch[k].shape), batch[k].dtype) for k in tensors}]
     dist.broadcast_object_list(box, src=src, group=group)
-    out = dict(batch)
+    out = {k: v for k, v in batch.items() if not torch.is_tensor(v)}  # the tensors: exactly rank src's
     for k, (shape, dtype) in box[0].items():
         v = batch.get(k)
         if dist.get_rank() != src:

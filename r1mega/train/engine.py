@@ -260,7 +260,7 @@ class TrainEngine:
         return cpar.split_microbatch(mb, self.parallel.context_parallel, ps.get_context_parallel_rank(),
                                      cpar.seq_sum_fn(group))
 
-    def _same_rows(self, batch: dict) -> dict:
+    def same_rows(self, batch: dict) -> dict:
         """Under context parallelism, CP rank 0's copy of ``batch`` on every rank of its CP group (they must train
         on the same rows); the batch itself otherwise."""
         from megatron.core import parallel_state as ps
@@ -297,7 +297,7 @@ class TrainEngine:
             c.train()
             c.zero_grad_buffer()
         self.optimizer.zero_grad()
-        batch = self._same_rows(batch)
+        batch = self.same_rows(batch)
         batch = {**batch, **self._global_counts(batch)}
         n_micro = self._num_microbatches(batch)
         dp = ps.get_data_parallel_world_size()
@@ -374,7 +374,7 @@ class TrainEngine:
         """Forward-only loss and metrics of ``batch`` (same normalisation as training)."""
         for c in self.chunks:
             c.eval()
-        batch = self._same_rows(batch)
+        batch = self.same_rows(batch)
         batch = {**batch, **self._global_counts(batch)}
 
         def loss_wrapper(mb, output):
@@ -398,7 +398,7 @@ class TrainEngine:
 
         for c in self.chunks:
             c.eval()
-        batch = self._same_rows(batch)
+        batch = self.same_rows(batch)
         B, S = batch["tokens"].shape
         if record_routing:
             if not self.replay_routers:

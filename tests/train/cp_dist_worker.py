@@ -143,9 +143,10 @@ def main():
              "advantages": torch.tensor([0.5, -0.5]), "note": "kept"}
     mine = rows0 if rank == 0 else {"tokens": torch.zeros(2, 9, dtype=torch.long),
                                     "loss_mask": torch.zeros(2, 9, dtype=torch.bool),
-                                    "advantages": torch.zeros(2), "note": "kept"}
+                                    "advantages": torch.zeros(2), "ref_logprobs": torch.zeros(2, 9), "note": "kept"}
     got = cp.broadcast_rows(mine, group, dist.get_global_rank(group, 0))
-    out["broadcast_exact"] = all(torch.equal(got[k], rows0[k]) for k in ("tokens", "loss_mask", "advantages"))
+    out["broadcast_exact"] = (all(torch.equal(got[k], rows0[k]) for k in ("tokens", "loss_mask", "advantages"))
+                              and sorted(got) == sorted(rows0))  # (rank 1's own extra tensor is gone)
     out.update(megatron_gradient(group, rank))
     out["rank"] = rank
     results = [None, None]
