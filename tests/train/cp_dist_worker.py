@@ -105,6 +105,24 @@ def megatron_gradient(group, rank) -> dict:
     return {"ddp_grad_err": float((got - ref.w.grad).abs().max()), "ddp_grad_norm": float(ref.w.grad.norm())}
 
 
+def engine_wiring(rank, full, local, mine, rows0) -> bool:
+    """The engine's CP helpers on Megatron's groups: its split of a microbatch is this rank's, with the whole rows'
+    counts and a working all-reduce; its gather and its same_rows are the module's."""
+    from r1mega.config.parallel import ParallelConfig
+    from r1mega.train.engine import TrainEngine
+
+    engine = object.__new__(TrainEngine)  # (no model: the helpers read the layout and Megatron's groups only)
+    engine.parallel = ParallelConfig(context_parallel=2)
+    _, batch = random_batch(1)
+    mb = engine._cp_split(batch)
+    ok = torch.equal(mb["old_logprobs"].nan_to_num(), cp.split_batch(batch, 2, rank)["old_logprobs"].nan_to_num())
+    ok &= torch.equal(mb["seq_num_tokens"], batch["loss_mask"].bool().sum(-1)) and mb["seq_owner"] == (rank == 0)
+    ok &= torch.equal(mb["seq_sum"](torch.tensor([1.0, float(rank)])), torch.tensor([2.0, 1.0]))
+    ok &= torch.equal(engine._cp_gather(local, 2), full)
+    got = engine.same_rows(mine)
+    return bool(ok and all(torch.equal(got[k], rows0[k]) for k in ("tokens", "loss_mask", "advantages")))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -148,6 +166,7 @@ def main():
     out["broadcast_exact"] = (all(torch.equal(got[k], rows0[k]) for k in ("tokens", "loss_mask", "advantages"))
                               and sorted(got) == sorted(rows0))  # (rank 1's own extra tensor is gone)
     out.update(megatron_gradient(group, rank))
+    out["engine_wiring"] = engine_wiring(rank, full, local, mine, rows0)
     out["rank"] = rank
     results = [None, None]
     dist.all_gather_object(results, out)

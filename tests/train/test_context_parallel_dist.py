@@ -24,7 +24,7 @@ def test_context_parallel_with_a_real_cp_group(tmp_path):
     ranks = json.loads(out.read_text())
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     for r in ranks:
-        assert r["gather_exact"] and r["broadcast_exact"]
+        assert r["gather_exact"] and r["broadcast_exact"] and r["engine_wiring"]
         assert len(r["cases"]) == 3 * 6 + 2
         for name, c in r["cases"].items():
             assert c["loss"] < 1e-12 and c["grad"] < 1e-12, (name, c)
