@@ -6,7 +6,8 @@ worker (test code, not r1mega) lifts that refusal and gives the local attention 
 computes: each rank's queries against the keys and values of the whole sequence (all-gathered over the CP
 group, differentiable), causally masked by the global positions of its chunks. With it the engine runs at
 CP=2 and at DP=2 (the same global batch, the same weights): frozen log-probs of the whole batch, then two GRPO
-steps (GSPO, clipped, with a sequence mismatch mask that drops some rows): loss metrics and gradient norms. Rank 0 writes both layouts' numbers to --out.
+steps (GSPO, clipped, with a sequence mismatch mask that drops some rows): loss metrics and gradient norms. A MoE
+model also records its routing in the frozen pass (R2) and replays it in the steps. Rank 0 writes both layouts' numbers to --out.
 
     torchrun --nproc-per-node 2 cp_engine_worker.py --preset tiny-dense --out OUT.json
 """
@@ -88,15 +89,21 @@ def run(preset: str, layout: dict, weights, batch) -> dict:
 
     oc = OptimizerConfig(lr=1e-4, warmup_steps=0, decay_style="constant", micro_batch_size=2, global_batch_size=8,
                          clip_grad=100.0)
-    engine = TrainEngine(get_preset(preset), ParallelConfig(distributed_optimizer=False, **layout), oc, seed=1234,
-                         total_steps=10, mtp=False)
+    model = get_preset(preset)
+    engine = TrainEngine(model, ParallelConfig(distributed_optimizer=False, **layout), oc, seed=1234,
+                         total_steps=10, mtp=False, router_replay=model.is_moe)
     module = engine.chunks[0].module
     if weights is None:
         weights = {k: v.detach().clone() for k, v in module.state_dict().items() if torch.is_tensor(v)}
     else:
         module.load_state_dict(weights, strict=False)
     CALLS["split_attention"] = 0
-    out = {"logprobs": engine.logprobs(batch).tolist()}
+    if model.is_moe:  # R2: the frozen pass records each token's experts (gathered back to whole rows under CP)
+        old, routing = engine.logprobs(batch, record_routing=True)
+        batch = {**batch, "routed_experts": routing}  # the steps below replay it (split with the rows under CP)
+        out = {"logprobs": old.tolist(), "routing": routing.tolist()}
+    else:
+        out = {"logprobs": engine.logprobs(batch).tolist()}
     old = torch.tensor(out["logprobs"])
     g = torch.Generator().manual_seed(3)
     behaviour = old + 0.2 * torch.randn(old.shape, generator=g)

@@ -2,7 +2,8 @@
 stand-in for Transformer Engine's CP attention (queries against the all-gathered keys and values, causal by
 global position), the engine at CP=2 gives the same frozen log-probs, GRPO step metrics (GSPO, sequence
 mismatch mask) and gradient norms, two steps, as at DP=2 on the same weights and global batch, for the tiny
-dense model and the tiny MoE (MLA, expert bias). With the engine's old loss scale (/ CP) the CP gradient norm is
+dense model and the tiny MoE (MLA, expert bias; its routing recorded in the frozen pass and replayed in the
+steps, R2). With the engine's old loss scale (/ CP) the CP gradient norm is
 half the DP one (1.507 against 3.014 at the first step, tiny-dense)."""
 import json
 import os
@@ -34,5 +35,7 @@ def test_engine_at_cp2_equals_dp2(tmp_path, preset):
         assert ma.keys() == mb.keys()
         for k in mb:
             assert ma[k] == pytest.approx(mb[k], rel=1e-5, abs=1e-6, nan_ok=True), k
+    if preset == "tiny":  # R2 under CP: the routing recorded by the split rows, gathered back, is DP's exactly
+        assert cp["routing"] == dp["routing"] and any(v for row in dp["routing"] for t in row for l in t for v in l)
     m = dp["metrics"][0]  # the sequence quantities are at work: some rows masked, some sequences clipped
     assert 0 < m["mismatch/masked_seq_frac"] < 1 and m["clip/high_frac"] + m["clip/low_frac"] > 0
