@@ -122,6 +122,7 @@ def run(preset: str, layout: dict, weights, batch) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny-dense")
+    ap.add_argument("--tp", type=int, default=1, help="tensor parallel (with sequence parallelism) under both layouts")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -132,8 +133,9 @@ def main():
     platform.init()
     stand_in_cp_attention()
     batch = grpo_batch()
-    cp_run, weights = run(a.preset, {"context_parallel": 2}, None, batch)
-    dp_run, _ = run(a.preset, {}, weights, batch)
+    tp = {"tensor_parallel": a.tp, "sequence_parallel": True} if a.tp > 1 else {}
+    cp_run, weights = run(a.preset, {"context_parallel": 2, **tp}, None, batch)
+    dp_run, _ = run(a.preset, tp, weights, batch)
     if dist.get_rank() == 0:
         with open(a.out, "w") as f:
             json.dump({"cp2": cp_run, "dp2": dp_run}, f)
