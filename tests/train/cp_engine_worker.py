@@ -123,6 +123,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny-dense")
     ap.add_argument("--tp", type=int, default=1, help="tensor parallel (with sequence parallelism) under both layouts")
+    ap.add_argument("--pp", type=int, default=1, help="pipeline parallel under both layouts")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -134,6 +135,7 @@ def main():
     stand_in_cp_attention()
     batch = grpo_batch()
     tp = {"tensor_parallel": a.tp, "sequence_parallel": True} if a.tp > 1 else {}
+    tp.update({"pipeline_parallel": a.pp} if a.pp > 1 else {})
     cp_run, weights = run(a.preset, {"context_parallel": 2, **tp}, None, batch)
     dp_run, _ = run(a.preset, tp, weights, batch)
     if dist.get_rank() == 0:

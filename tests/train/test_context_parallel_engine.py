@@ -4,7 +4,7 @@ global position), the engine at CP=2 gives the same frozen log-probs, GRPO step 
 mismatch mask) and gradient norms, two steps, as at DP=2 on the same weights and global batch, for the tiny
 dense model and the tiny MoE (MLA, expert bias; its routing recorded in the frozen pass and replayed in the
 steps, R2), and the MoE with TP2 + sequence parallelism under both layouts (each CP chunk split again over
-TP). With the engine's old loss scale (/ CP) the CP gradient norm is
+TP), and the dense model with two pipeline stages under both layouts. With the engine's old loss scale (/ CP) the CP gradient norm is
 half the DP one (1.507 against 3.014 at the first step, tiny-dense)."""
 import json
 import os
@@ -17,16 +17,17 @@ import pytest
 WORKER = Path(__file__).parent / "cp_engine_worker.py"
 
 
-@pytest.mark.parametrize("preset,tp", [
-    ("tiny-dense", 1), ("tiny", 1),
-    pytest.param("tiny", 2, marks=pytest.mark.slow),  # CP2 x TP2+SP against DP2 x TP2+SP: 4 processes, 27-40 s
+@pytest.mark.parametrize("preset,tp,pp", [
+    ("tiny-dense", 1, 1), ("tiny", 1, 1),
+    pytest.param("tiny", 2, 1, marks=pytest.mark.slow),  # CP2 x TP2+SP against DP2 x TP2+SP: 4 processes, 27-40 s
+    pytest.param("tiny-dense", 1, 2, marks=pytest.mark.slow),  # CP2 x PP2 against DP2 x PP2: 4 processes, 20-35 s
 ])
-def test_engine_at_cp2_equals_dp2(tmp_path, preset, tp):
+def test_engine_at_cp2_equals_dp2(tmp_path, preset, tp, pp):
     out = tmp_path / "cp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", str(2 * tp),
-                           str(WORKER), "--preset", preset, "--tp", str(tp), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node",
+                           str(2 * tp * pp), str(WORKER), "--preset", preset, "--tp", str(tp), "--pp", str(pp),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())
     cp, dp = r["cp2"], r["dp2"]
