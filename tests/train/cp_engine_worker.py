@@ -119,11 +119,37 @@ def run(preset: str, layout: dict, weights, batch) -> dict:
     return out, weights
 
 
+def run_sft_mtp(preset: str, layout: dict, weights, batch):
+    """One SFT step of the model with its MTP layers (Megatron's GPTModel computes the per-token CE with the
+    labels and adds the MTP loss, rolling the labels across the CP ranks itself)."""
+    from r1mega.algorithms import SFTLoss
+    from r1mega.config.optimizer import OptimizerConfig
+    from r1mega.config.parallel import ParallelConfig
+    from r1mega.model.presets import get_preset
+    from r1mega.train.batching import dp_shard
+    from r1mega.train.engine import TrainEngine
+
+    oc = OptimizerConfig(lr=1e-4, warmup_steps=0, decay_style="constant", micro_batch_size=2, global_batch_size=8,
+                         clip_grad=100.0)
+    engine = TrainEngine(get_preset(preset), ParallelConfig(distributed_optimizer=False, **layout), oc, seed=1234,
+                         total_steps=10)
+    assert engine.mtp
+    module = engine.chunks[0].module
+    if weights is None:
+        weights = {k: v.detach().clone() for k, v in module.state_dict().items() if torch.is_tensor(v)}
+    else:
+        module.load_state_dict(weights, strict=False)
+    r, n = engine.dp_rank_size()
+    st = engine.train_step(dp_shard(batch, r, n), SFTLoss("token-mean"))
+    return {"metrics": [st.metrics], "grad_norms": [st.grad_norm]}, weights
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny-dense")
     ap.add_argument("--tp", type=int, default=1, help="tensor parallel (with sequence parallelism) under both layouts")
     ap.add_argument("--pp", type=int, default=1, help="pipeline parallel under both layouts")
+    ap.add_argument("--sft-mtp", action="store_true", help="an SFT step with the MTP layers instead")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -136,8 +162,9 @@ def main():
     batch = grpo_batch()
     tp = {"tensor_parallel": a.tp, "sequence_parallel": True} if a.tp > 1 else {}
     tp.update({"pipeline_parallel": a.pp} if a.pp > 1 else {})
-    cp_run, weights = run(a.preset, {"context_parallel": 2, **tp}, None, batch)
-    dp_run, _ = run(a.preset, tp, weights, batch)
+    fn = run_sft_mtp if a.sft_mtp else run
+    cp_run, weights = fn(a.preset, {"context_parallel": 2, **tp}, None, batch)
+    dp_run, _ = fn(a.preset, tp, weights, batch)
     if dist.get_rank() == 0:
         with open(a.out, "w") as f:
             json.dump({"cp2": cp_run, "dp2": dp_run}, f)
