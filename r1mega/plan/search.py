@@ -148,6 +148,14 @@ def evaluate(inp: PlanInputs, spec: Union[LayoutSpec, str, Layout], gen: Optiona
     the split (min worst-stage peak over candidate_splits) and, under recompute=auto, the mode
     (fastest that fits; else the one overflowing least)."""
     inp.validate()
+    if gen is None and inp.rollout_tp is None:  # the smallest rollout TP with which the layout fits
+        first = None
+        for t in auto_rollout_tps(inp):
+            ev = evaluate(inp, spec, gen_memory(inp, t))
+            if ev.feasible:
+                return ev
+            first = first or ev
+        return first
     if isinstance(spec, str):
         spec = LayoutSpec.parse(spec)
     if isinstance(spec, Layout):
@@ -234,10 +242,30 @@ def search_space(inp: PlanInputs) -> list[tuple[int, int, int, int, int]]:
     return out
 
 
+def auto_rollout_tps(inp: PlanInputs) -> list[int]:
+    """Rollout TPs to try when none is given: the smallest whose engine fits a GPU alone, then the larger valid
+    ones (with the trainer resident, or a large trainer, a bigger TP may be what lets a layout fit)."""
+    first = auto_rollout_tp(inp)
+    return [t for t in (2 ** i for i in range(0, 12)) if first <= t <= inp.gpus and inp.gpus % t == 0
+            and rollout_tp_error(inp.model, t) is None] or [first]
+
+
 def search(inp: PlanInputs) -> SearchResult:
-    """Evaluate every candidate; rank the feasible ones by the step-time model."""
+    """Evaluate every candidate; rank the feasible ones by the step-time model. Without a given rollout TP,
+    the smallest one with which some layout fits (docs/planner.md)."""
     inp.validate()
-    gen = gen_memory(inp, resolve_rollout_tp(inp))
+    if inp.rollout_tp is not None:
+        return _search(inp, gen_memory(inp, resolve_rollout_tp(inp)))
+    first = None
+    for t in auto_rollout_tps(inp):
+        res = _search(inp, gen_memory(inp, t))
+        if res.ranked:
+            return res
+        first = first or res
+    return first
+
+
+def _search(inp: PlanInputs, gen: GenMemory) -> SearchResult:
     ranked, rejected = [], []
     for tp, pp, ep, etp, cp in search_space(inp):
         ev = evaluate(inp, LayoutSpec(tp, pp, ep, etp, cp), gen)

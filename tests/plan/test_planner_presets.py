@@ -182,3 +182,19 @@ def test_cli_prints_router_replay_estimate(capsys):
     out = capsys.readouterr().out
     assert "router replay (R3) routing: 464 B/token; 348 MiB per step" in out and "21.8 MiB per DP replica" in out
     assert " routing " in out.split("per-GPU memory")[1].splitlines()[1] + " "
+
+
+def test_auto_rollout_tp_grows_until_a_layout_fits_with_the_trainer_resident():
+    """With the trainer resident the engine alone fitting a GPU (rollout TP 1 on 141 GiB) is not enough: the
+    planner takes the next rollout TP while no layout fits (it stopped at TP 1 and found none)."""
+    from r1mega.plan import search
+    inp = inputs("qwen3-30b-a3b", gpu_mem_gib=141, seq_len=4096, prompts=32, group=16, rollout_tp=None,
+                 trainer_offload=False)
+    res = search(inp)
+    assert res.gen.rollout_tp == 2 and len(res.ranked) > 0
+    assert evaluate(inp, "tp=4,pp=1,ep=8").gen.rollout_tp == 2
+    assert not search(inputs("qwen3-30b-a3b", gpu_mem_gib=141, seq_len=4096, prompts=32, group=16, rollout_tp=1,
+                             trainer_offload=False)).ranked
+    # with the trainer offloaded the smallest engine that fits stays the choice
+    assert search(inputs("qwen3-30b-a3b", gpu_mem_gib=141, seq_len=4096, prompts=32, group=16,
+                         rollout_tp=None)).gen.rollout_tp == 1
