@@ -38,6 +38,7 @@ def validate_run(cfg, world_size: Optional[int] = None, stage: Optional[StageCon
               f"{cfg.data.tokenizer_vocab_size} tokens do not fit model.vocab_size={cfg.model.vocab_size}; "
               "set model.vocab_size to at least that, or use a smaller built-in tokenizer")
     check_layout(cfg.model, cfg.parallel, cfg.data.seq_length, world_size)
+    check_recompute(cfg.model, cfg.parallel, mtp=stage is None or stage.kind in MTP_KINDS)
     if stage is None or reads(stage.kind, "optimizer.global_batch_size"):
         check_batch(cfg.optimizer, cfg.parallel, world_size)
     if stage is not None and stage.kind == "grpo":
@@ -106,6 +107,48 @@ def check_layout(model, par, seq_length: int, world_size: Optional[int]) -> None
         check(seq_length % tp == 0, "parallel.sequence_parallel", f"data.seq_length={seq_length} is not divisible by tensor_parallel={tp}")
     check(seq_length <= model.max_position_embeddings, "data.seq_length",
           f"{seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
+
+
+MTP_KINDS = ("pretrain", "sft", "distill")  # the stage kinds that train the model's MTP layers (RL drops them)
+
+
+def stage_layer_counts(model, par) -> list:
+    """The decoder layers of each model chunk (one per pipeline stage, or per virtual stage with
+    interleaving): first-stage, middle-stage and last-stage counts, as Megatron's TransformerBlock builds them."""
+    pp, vp = par.pipeline_parallel, par.virtual_pipeline or 1
+    first, last = par.num_layers_in_first_pipeline_stage, par.num_layers_in_last_pipeline_stage
+    middle_stages = pp - (first is not None) - (last is not None)
+    counts = [n for n in (first, last) if n is not None]
+    if middle_stages:
+        counts.append((model.num_layers - (first or 0) - (last or 0)) // middle_stages)
+    return sorted({n // vp for n in counts})
+
+
+def check_recompute(model, par, mtp: bool) -> None:
+    """What Megatron-Core 0.16.1 refuses or gets wrong with ``parallel.recompute``, refused before it builds a model."""
+    if par.recompute == "selective":  # its layernorm module (r1mega.model.builder) under FP8
+        check(not (model.fp8 and model.fp8_recipe == "delayed"), "parallel.recompute",
+              f"'selective' recomputes the norms, which Megatron-Core refuses under FP8 with model.fp8_recipe="
+              "'delayed'; use another fp8_recipe or recompute 'full'")
+    if par.recompute != "full":
+        return
+    n, counts = par.recompute_num_layers, stage_layer_counts(model, par)
+    per = "/".join(map(str, counts))
+    if par.recompute_method == "uniform":
+        check(all(c % n == 0 for c in counts), "parallel.recompute_num_layers",
+              f"{n} does not divide the {per} decoder layers of each pipeline {'virtual ' * bool(par.virtual_pipeline)}"
+              f"stage: uniform recompute re-runs units of {n} layers from each stage's first (Megatron would run "
+              "past the stage's last layer); use a divisor")
+        check(n == 1 or not (mtp and model.num_nextn_predict_layers), "parallel.recompute_num_layers",
+              f"got {n}, but Megatron-Core recomputes the MTP layers (model.num_nextn_predict_layers="
+              f"{model.num_nextn_predict_layers}, trained by {', '.join(MTP_KINDS)} stages) in uniform units of 1 "
+              "layer only; use 1")
+    elif model.is_moe:
+        check(n >= max(counts), "parallel.recompute_method",
+              f"'block' with recompute_num_layers={n} keeps the activations of the other layers of a stage ({per} "
+              "layers each), and Megatron-Core 0.16.1 runs those layers without the MoE padding mask: their "
+              "routers would count padding in the expert-bias counts and the balance loss (gradients change); "
+              f"use 'uniform', or recompute_num_layers >= {max(counts)}")
 
 
 def check_batch(opt, par, world_size: Optional[int]) -> None:

@@ -6,6 +6,9 @@ from typing import Optional
 
 from .base import ConfigError, check, check_choice, check_int, doc
 
+RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
+
 
 @dataclass
 class ParallelConfig:
@@ -24,6 +27,19 @@ class ParallelConfig:
     moe_token_dispatcher: str = doc("alltoall", "MoE token dispatcher: 'alltoall' or 'allgather'.")
     distributed_optimizer: bool = doc(True, "Shard optimizer state across data-parallel ranks (ZeRO-1 style).")
     overlap_grad_reduce: bool = doc(False, "Overlap the DP gradient reduce with backward (GPU).")
+    recompute: str = doc("none", "Activation recompute of the training forward (Megatron-Core recompute_granularity; "
+                                 "r1mega plan --recompute): 'none' keeps every activation; 'selective' recomputes the "
+                                 "core attention, the norms, the MLA up-projections and, with grouped-GEMM experts "
+                                 "(Transformer Engine), the expert activation; 'full' keeps only the input of each unit "
+                                 "of layers and re-runs it in the backward (one more forward). Frozen passes never "
+                                 "recompute.")
+    recompute_method: str = doc("uniform", "With recompute 'full' (Megatron recompute_method): 'uniform' cuts each "
+                                           "pipeline (virtual) stage's layers into units of recompute_num_layers, "
+                                           "each recomputed from its input; 'block' recomputes the first "
+                                           "recompute_num_layers layers of each stage and keeps the others' activations.")
+    recompute_num_layers: int = doc(1, "With recompute 'full' (Megatron recompute_num_layers): layers per unit "
+                                       "('uniform': must divide the layers of every pipeline stage) or recomputed "
+                                       "layers per stage ('block').")
 
     @property
     def model_parallel(self) -> int:
@@ -39,6 +55,14 @@ class ParallelConfig:
         check_int(self.data_parallel, f"{where}.data_parallel", allow_none=True)
         check_int(self.expert_tensor_parallel, f"{where}.expert_tensor_parallel", allow_none=True)
         check_choice(self.moe_token_dispatcher, ("alltoall", "allgather"), f"{where}.moe_token_dispatcher")
+        check_choice(self.recompute, RECOMPUTE, f"{where}.recompute")
+        check_choice(self.recompute_method, RECOMPUTE_METHODS, f"{where}.recompute_method")
+        check_int(self.recompute_num_layers, f"{where}.recompute_num_layers")
+        if self.recompute != "full":
+            for name, default in (("recompute_method", "uniform"), ("recompute_num_layers", 1)):
+                check(getattr(self, name) == default, f"{where}.{name}",
+                      f"got {getattr(self, name)!r}, but it is only read with recompute 'full' (recompute is "
+                      f"{self.recompute!r}); remove it or set {where}.recompute=full")
         if self.virtual_pipeline is not None:
             vp = self.virtual_pipeline
             check(isinstance(vp, int) and not isinstance(vp, bool) and vp >= 2, f"{where}.virtual_pipeline",

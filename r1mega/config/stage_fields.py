@@ -38,6 +38,8 @@ READS: dict[str, tuple] = {
     "model": ALL,  # every kind builds the Megatron model (eval and rejection sampling to load the checkpoint)
     "parallel": ALL,
     "parallel.distributed_optimizer": TRAINING, "parallel.overlap_grad_reduce": TRAINING,
+    # activation recompute of the training forward (frozen engines never recompute)
+    "parallel.recompute": TRAINING, "parallel.recompute_method": TRAINING, "parallel.recompute_num_layers": TRAINING,
     "optimizer": TRAINING,
     # GRPO's batch is grpo.prompts_per_step x group_size rollouts; it reads micro_batch_size and the schedule
     "optimizer.global_batch_size": ("pretrain", "sft", "distill", "reward_model"),

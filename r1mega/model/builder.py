@@ -87,6 +87,19 @@ def _fp8_kwargs(m: ModelConfig) -> dict:
                 num_layers_at_end_in_bf16=m.fp8_bf16_last_layers)
 
 
+def _recompute_kwargs(m: ModelConfig, p: ParallelConfig, grouped_gemm: bool) -> dict:
+    """``parallel.recompute`` as Megatron's recompute options. 'selective' is the module set ``r1mega plan``
+    assumes, less what Megatron refuses for this model: ``mla_up_proj`` needs MLA, ``moe_act`` grouped-GEMM
+    experts (Transformer Engine). None of these modules holds a router: only 'full' re-runs the routing."""
+    if p.recompute == "full":
+        return dict(recompute_granularity="full", recompute_method=p.recompute_method,
+                    recompute_num_layers=p.recompute_num_layers)
+    if p.recompute == "selective":
+        modules = ["core_attn", "layernorm"] + ["mla_up_proj"] * m.mla + ["moe_act"] * (m.is_moe and grouped_gemm)
+        return dict(recompute_granularity="selective", recompute_modules=modules)
+    return {}
+
+
 def transformer_config(m: ModelConfig, p: ParallelConfig, **extra):
     """The Megatron TransformerConfig (MLATransformerConfig for DeepSeek-V3) for our configs."""
     from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
@@ -110,14 +123,16 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, **extra):
     )
     common.update(platform.megatron_config_overrides())
     common.update(_fp8_kwargs(m))
+    moe = _moe_kwargs(m, p)
+    common.update(_recompute_kwargs(m, p, moe.get("moe_grouped_gemm", False)))
     common.update(extra)
     if not m.mla:  # GQA: dense, or with Qwen3-MoE's routed experts
         kv = m.num_key_value_heads or m.num_attention_heads
-        return TransformerConfig(**common, **_moe_kwargs(m, p), num_query_groups=kv,
+        return TransformerConfig(**common, **moe, num_query_groups=kv,
                                  kv_channels=m.head_dim or m.hidden_size // m.num_attention_heads,
                                  add_qkv_bias=m.qkv_bias, qk_layernorm=m.qk_norm)
     return MLATransformerConfig(
-        **common, **_moe_kwargs(m, p), **_rope_kwargs(m),
+        **common, **moe, **_rope_kwargs(m),
         q_lora_rank=m.q_lora_rank, kv_lora_rank=m.kv_lora_rank, qk_head_dim=m.qk_nope_head_dim,
         qk_pos_emb_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim, qk_layernorm=True,
         rotary_interleaved=False,

@@ -33,7 +33,8 @@ def init() -> None:
     megatron_moe_tracker.apply()
     megatron_moe_padding.apply()
     if not have_transformer_engine():
-        from . import megatron_local_mla
+        from . import megatron_local_mla, megatron_recompute
 
         megatron_local_mla.apply()
+        megatron_recompute.apply()
     _initialised = True

@@ -161,7 +161,10 @@ class TrainEngine:
         if pos is None:
             pos = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
         kw = {"padding_mask": self._padding_mask(model, pos, mb["lengths"])} if "lengths" in mb else {}
-        replay = self._routing_action(mb)
+        # full recompute re-runs each router in the backward: a replayed microbatch's ids stay queued for it
+        in_backward = self.config.recompute_granularity == "full" and model.training and torch.is_grad_enabled()
+        routers = self._chunk_routers(model)
+        replay = self._routing_action(mb, routers, in_backward)
         try:
             if self.mtp:  # MTP needs labels: the model returns per-token CE and hooks in the MTP loss
                 out = model(tokens, pos, None, labels=mb["labels"], **kw)
@@ -172,19 +175,29 @@ class TrainEngine:
                     self.replay_routers, tokens.size(0), rr.moe_layer_count(self.model_cfg),
                     rr.routing_dtype(self.model_cfg.n_routed_experts), self.config.sequence_parallel)}
         finally:
-            if replay:
-                rr.stop(self.replay_routers)
+            if replay == "replay" and in_backward:
+                rr.replay_in_backward(routers)
+            elif replay:
+                rr.stop(routers)
         return out, functools.partial(loss_wrapper, mb)
 
-    def _routing_action(self, mb: dict) -> Optional[str]:
-        """Arm the routers for this microbatch's forward: replay its ``routed_experts``, or record the
-        routing (:meth:`logprobs` with ``record_routing``); None: ordinary routing."""
+    def _chunk_routers(self, model) -> list:
+        """The replay routers of ``model``, one of this rank's chunks (all of them without interleaving)."""
+        if len(self.chunks) == 1 or not self.replay_routers:
+            return self.replay_routers
+        mine = {id(m.router_replay) for m in model.modules() if getattr(m, "router_replay", None) is not None}
+        return [(layer, r) for layer, r in self.replay_routers if id(r) in mine]
+
+    def _routing_action(self, mb: dict, routers: list, in_backward: bool = False) -> Optional[str]:
+        """Arm the routers for this microbatch's forward: replay its ``routed_experts`` (queued for the
+        recompute in the backward too when ``in_backward``), or record the routing (:meth:`logprobs` with
+        ``record_routing``); None: ordinary routing."""
         if not self.replay_routers:
             if "routed_experts" in mb:
                 raise ValueError("the batch carries routed_experts but the engine was built without router_replay")
             return None
         if "routed_experts" in mb:
-            rr.set_replay(self.replay_routers, mb["routed_experts"], self.config.sequence_parallel)
+            rr.set_replay(routers, mb["routed_experts"], self.config.sequence_parallel, keep_queued=in_backward)
             return "replay"
         if self._recording:
             rr.start_record(self.replay_routers)
@@ -313,7 +326,10 @@ class TrainEngine:
 
         routers = self._router_state() if before_update is not None else []
         # No trimming with MTP: its loss counts padding positions and its router takes no padding mask.
-        stores, _ = self._run(batch, loss_wrapper, forward_only=False, sort=not _pairs_rows(loss_fn), trim=not self.mtp)
+        try:
+            stores, _ = self._run(batch, loss_wrapper, forward_only=False, sort=not _pairs_rows(loss_fn), trim=not self.mtp)
+        finally:
+            rr.stop(self.replay_routers)  # drop what a recompute did not consume (e.g. after an exception)
         sums = reduce_metric_sums(stores if self._is_last_stage() else [], src_last_stage=True)
         metrics = finalize_metrics(sums)
         if before_update is not None:

@@ -18,8 +18,11 @@ feeds back) holds repeated ids (zeros); a real top-k never does, and such slots 
 
 Where the ids enter a router: Megatron flattens a microbatch's ``[s, b]`` tokens sequence-major
 before routing, and under sequence parallelism each tensor-parallel rank routes its contiguous
-``s / TP`` share of the sequence. Replay needs no activation recompute support here (the training
-engine does not recompute activations); context parallelism cannot run on these machines.
+``s / TP`` share of the sequence. Under full activation recompute (``parallel.recompute: full``) Megatron
+re-runs every router in the backward: the engine leaves each replayed microbatch's ids queued in Megatron's
+``REPLAY_BACKWARD`` list and switches the routers to it after the forward (:func:`replay_in_backward`), so the
+recompute routes exactly as the forward did; selective recompute holds no router. Context parallelism cannot
+run on these machines.
 """
 from __future__ import annotations
 
@@ -70,8 +73,10 @@ def _local_share(x: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
     return x[r * n:(r + 1) * n]
 
 
-def set_replay(layer_routers: list, routed: torch.Tensor, sequence_parallel: bool) -> None:
-    """Make every router replay ``routed [b, s, L, K]`` (a microbatch) in its next forward."""
+def set_replay(layer_routers: list, routed: torch.Tensor, sequence_parallel: bool, keep_queued: bool = False) -> None:
+    """Make every router replay ``routed [b, s, L, K]`` (a microbatch) in its next forward. Megatron's
+    RouterReplay also queues the ids for ``REPLAY_BACKWARD``; ``keep_queued`` keeps the ids of earlier
+    microbatches whose backward (with its recompute) has not run yet (:func:`replay_in_backward`)."""
     from megatron.core.transformer.moe.router_replay import RouterReplayAction
 
     k = routed.size(-1)
@@ -81,9 +86,20 @@ def set_replay(layer_routers: list, routed: torch.Tensor, sequence_parallel: boo
         idx = torch.where(unset, torch.arange(k, device=idx.device), idx)
     idx = _local_share(idx, sequence_parallel)
     for layer, rr in layer_routers:
-        rr.clear_indices()
+        if not keep_queued:
+            rr.clear_indices()
         rr.set_target_indices(idx[:, :, layer].reshape(-1, k).contiguous())
         rr.set_router_replay_action(RouterReplayAction.REPLAY_FORWARD)
+
+
+def replay_in_backward(layer_routers: list) -> None:
+    """After a replayed training forward under full recompute: Megatron re-runs every layer's forward in the
+    backward, router included, and ``REPLAY_BACKWARD`` makes each router take the oldest queued ids instead of
+    routing again (backwards run in the order of their forwards, in every Megatron schedule)."""
+    from megatron.core.transformer.moe.router_replay import RouterReplayAction
+
+    for _, rr in layer_routers:
+        rr.set_router_replay_action(RouterReplayAction.REPLAY_BACKWARD)
 
 
 def start_record(layer_routers: list) -> None:
