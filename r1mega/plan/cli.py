@@ -21,7 +21,7 @@ from typing import Optional
 
 from r1mega.config.base import ConfigError
 
-from .inputs import GIB, HARDWARE, PlanInputs
+from .inputs import GIB, HARDWARE, RECOMPUTE_MODES, PlanInputs
 from .search import Evaluation, SearchResult, evaluate, search
 
 TERMS = ("weights", "grads", "optimizer", "ref_weights", "activations", "moe_dispatch", "logits", "routing",
@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--logprob-micro-batch", type=int, default=None, help="sequences per log-prob microbatch (default --micro-batch)")
     g.add_argument("--no-packing", action="store_true", help="one microbatch per micro-batch sequences (no sequence packing)")
     g = ap.add_argument_group("training")
-    g.add_argument("--recompute", default="auto", choices=["none", "selective", "full", "auto"],
-                   help="activation recompute; auto = the fastest that fits, per layout")
+    g.add_argument("--recompute", default="auto", choices=[*RECOMPUTE_MODES, "auto"],
+                   help="activation recompute (the config's parallel.recompute); auto = the fastest that fits, per layout")
     g.add_argument("--param-dtype", default="bf16", choices=["bf16", "fp32"])
     g.add_argument("--grad-dtype", default="fp32", choices=["fp32", "bf16"], help="Megatron DDP main-grad dtype")
     g.add_argument("--fp8", action="store_true", help="FP8 GEMMs in training and FP8 weights in vLLM")
@@ -185,6 +185,7 @@ def render_search(res: SearchResult, top: int, show_rejected: int) -> str:
     if res.ranked:
         lines.append("")
         lines.append("best layout as Megatron settings: " + json.dumps(res.ranked[0].layout.megatron_args(inp.gpus)))
+        lines.append("best layout as r1mega config: " + " ".join(res.ranked[0].layout.config_overrides()))
     return "\n".join(lines)
 
 
@@ -263,6 +264,7 @@ def render_layout(ev: Evaluation, inp: PlanInputs, all_stages: bool = False) -> 
                      f"the host, {r.per_dp_replica / 2 ** 20:.1f} MiB per DP replica, {r.microbatch_gpu / 2 ** 20:.1f} MiB "
                      f"per microbatch on a GPU" + ("" if inp.router_replay != "none" else " (--router-replay r3 adds it)"))
     lines.append("Megatron settings: " + json.dumps(lay.megatron_args(inp.gpus)))
+    lines.append("r1mega config: " + " ".join(lay.config_overrides()))
     return "\n".join(lines)
 
 

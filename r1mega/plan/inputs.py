@@ -14,9 +14,10 @@ from typing import Optional
 
 from r1mega.config.base import ConfigError
 from r1mega.config.model import ModelConfig
+from r1mega.config.parallel import RECOMPUTE
 
 GIB = 1024 ** 3
-RECOMPUTE_MODES = ("none", "selective", "full")
+RECOMPUTE_MODES = RECOMPUTE  # parallel.recompute's values: a plan's mode is a config's
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class PlanInputs:
         if self.rollouts % self.minibatches:
             raise ConfigError("plan.minibatches", f"{self.minibatches} does not divide prompts*group = {self.rollouts}")
         if self.recompute not in RECOMPUTE_MODES + ("auto",):
-            raise ConfigError("plan.recompute", f"got {self.recompute!r}, expected none, selective, full or auto")
+            raise ConfigError("plan.recompute", f"got {self.recompute!r}, expected {', '.join(RECOMPUTE_MODES)} or auto")
         for name, choices in (("param_dtype", ("bf16", "fp32")), ("grad_dtype", ("fp32", "bf16")),
                               ("ref_model", ("cpu", "gpu", "none")), ("kv_cache_dtype", ("bf16", "fp8")),
                               ("router_replay", ("none", "r2", "r3"))):
@@ -237,6 +238,20 @@ class Layout:
                      recompute_modules=["core_attn", "layernorm", "mla_up_proj", "moe_act"])
         return d
 
+    def config_overrides(self) -> list:
+        """The layout as r1mega config fields (dotted overrides); recompute 'full' is the config's default
+        method and unit (uniform, 1 layer), the planner's assumption."""
+        o = [f"parallel.tensor_parallel={self.tp}", f"parallel.pipeline_parallel={self.pp}",
+             f"parallel.expert_parallel={self.ep}", f"parallel.expert_tensor_parallel={self.etp}"]
+        if self.cp != 1:
+            o.append(f"parallel.context_parallel={self.cp}")
+        if self.sequence_parallel:
+            o.append("parallel.sequence_parallel=true")
+        if self.pp > 1 and len(set(self.stages)) > 1:
+            o += [f"parallel.num_layers_in_first_pipeline_stage={self.stages[0]}",
+                  f"parallel.num_layers_in_last_pipeline_stage={self.stages[-1]}"]
+        return o + [f"parallel.recompute={self.recompute}"]
+
 
 @dataclass
 class LayoutSpec:
@@ -263,7 +278,7 @@ class LayoutSpec:
                 raise ConfigError("plan.layout", f"unknown key {k!r} (keys: {', '.join(sorted(known))})")
             if k == "recompute":
                 if v not in RECOMPUTE_MODES:
-                    raise ConfigError("plan.layout", f"recompute={v!r}: expected none, selective or full")
+                    raise ConfigError("plan.layout", f"recompute={v!r}: expected {', '.join(RECOMPUTE_MODES)}")
                 spec.recompute = v
                 continue
             try:

@@ -58,7 +58,8 @@ class Evaluation:
              "cp": self.layout.cp, "dp": self.layout.dp(self.world) if self.world else None,
              "edp": self.layout.edp(self.world) if self.world else None,
              "stages_layers": list(self.layout.stages), "recompute": self.layout.recompute,
-             "megatron": self.layout.megatron_args(self.world) if self.world and self.kind != "invalid" else None}
+             "megatron": self.layout.megatron_args(self.world) if self.world and self.kind != "invalid" else None,
+             "config": self.layout.config_overrides() if self.kind != "invalid" else None}
         if self.stages:
             w = self.worst_stage
             d.update(peak_gib=self.peak_gib, headroom_gib=self.headroom_gib, worst_stage=w.index,

@@ -226,3 +226,30 @@ def test_tools_script_runs():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "1 fit" in r.stdout
+
+
+def test_a_plan_is_a_config():
+    """`--recompute` takes parallel.recompute's values, and a planned layout's `r1mega config` overrides are a
+    config that passes the check at that world size and gives Megatron the recompute the plan assumed."""
+    from r1mega.config import load_config
+    from r1mega.config.parallel import RECOMPUTE
+    from r1mega.model.builder import transformer_config
+    from r1mega.plan import cli
+
+    assert cli.build_parser()._option_string_actions["--recompute"].choices == [*RECOMPUTE, "auto"]
+    for layout, mode in (("tp=1,pp=2,ep=4", "full"), ("tp=4,pp=1,ep=8,etp=1", "none")):
+        inp = PlanInputs(model=get_preset("qwen3-30b-a3b"), gpus=8, gpu_mem_gib=80, seq_len=4096, minibatches=4,
+                         recompute=mode, rollout_tp=2)
+        ev = evaluate(inp, layout)
+        assert ev.feasible, ev.reasons
+        overrides = ev.layout.config_overrides()
+        assert overrides[-1] == f"parallel.recompute={mode}"
+        cfg = load_config(None, ["model.preset=qwen3-30b-a3b", "data.seq_length=4096", *overrides])
+        cfg.validate(8)
+        tc = transformer_config(cfg.model, cfg.parallel)
+        want = ev.layout.megatron_args(8)
+        assert (tc.recompute_granularity, tc.recompute_method, tc.recompute_num_layers) == (
+            want.get("recompute_granularity"), want.get("recompute_method"), want.get("recompute_num_layers"))
+        assert (tc.pipeline_model_parallel_size, tc.num_layers_in_first_pipeline_stage, tc.expert_model_parallel_size) == (
+            want["pipeline_model_parallel_size"], want.get("num_layers_in_first_pipeline_stage"),
+            want["expert_model_parallel_size"])
