@@ -18,6 +18,7 @@ class RolloutConfig:
     kv_cache_memory_bytes: Optional[int] = doc(None, "KV-cache size in bytes for vLLM (None: on CPU sized for the stage's largest generate batch x max_model_len within cpu_kv_cache_budget_gb; on GPU from gpu_memory_utilization).")
     cpu_kv_cache_budget_gb: Optional[float] = doc(None, "Most GiB the vLLM-CPU KV cache may take when it is sized from the batch (per engine process; None = min(4, 25% of RAM)). Ignored when kv_cache_memory_bytes is set and on GPU.")
     enable_sleep_mode: bool = doc(True, "Let vLLM release its GPU memory while the trainer runs (GPU only).")
+    offload_trainer: bool = doc(True, "GRPO: while vLLM generates, park the trainer's weights and optimizer state in (pinned) host memory and free its gradient buffers; the optimizer state goes before the refit, the weights after it, and the KL reference model stays in host memory outside its log-prob pass (docs/rollout.md, Trainer offload during generation; the planner's default, --no-trainer-offload = false). Skipped on the CPU, where the host is the device, and with rollout.engine 'megatron', which generates with the trainer's model.")
     enforce_eager: bool = doc(False, "Disable CUDA graphs in vLLM (slower; easier debugging).")
     max_model_len: Optional[int] = doc(None, "Longest prompt + completion vLLM accepts (None = data.seq_length).")
     max_new_tokens: int = doc(256, "Most tokens generated per completion.")

@@ -62,6 +62,9 @@ READS: dict[str, tuple] = {
     "rollout.temperature": ("grpo",), "rollout.top_p": ("grpo",), "rollout.top_k": ("grpo", "rejection_sampling"),
     "rollout.mismatch_threshold": GENERATING,  # grpo's before-update check; every vLLM refit's probe check
     "rollout.router_replay": ("grpo",),  # MoE routing replay of the GRPO step's trainer forwards
+    # only GRPO has a trainer with gradients and optimizer state alive while it generates (rejection sampling
+    # and eval hold a frozen model's weights, the vLLM engine's own share of the plan)
+    "rollout.offload_trainer": ("grpo",),
     "grpo": ("grpo",),
     "rewards.preset": ("grpo",),  # rejection sampling scores with r1_stage2, eval with accuracy + format
     "rewards.weights": ("grpo", "rejection_sampling"),

@@ -121,6 +121,11 @@ class GRPOStage:
             from r1mega.rewards.model_reward import ModelRewardScorer
 
             self.model_reward = ModelRewardScorer.from_run_config(cfg, self.tok)
+        # rollout.offload_trainer: the trainer's state in host memory while vLLM generates (docs/rollout.md)
+        from r1mega.train.offload import StageOffload
+
+        self.offload = StageOffload.for_stage(cfg.rollout, self.policy, self.ref, stage.name,
+                                              log=lambda line: print(line, flush=True) if _rank0() else None)
         self.loss = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens)
         self.loss_reusing_old = GRPOLoss(g, max_new_tokens=cfg.rollout.max_new_tokens, old_from_current=True)
         self.prompts = make_prompts(cfg.data, self.tok, sources, seed=cfg.data.seed, general=True)
@@ -192,6 +197,16 @@ class GRPOStage:
                 for c in rollouts.completions]
 
     def _generate_scored(self, it: int):
+        """:meth:`_generate_rounds` with the trainer's state in host memory meanwhile (``rollout.offload_trainer``;
+        the engine sleeps afterwards, then the trainer comes back before its first forward)."""
+        self.offload.before_generation()
+        try:
+            return self._generate_rounds(it)
+        finally:
+            self.rollout.sleep()  # vLLM's memory back to the trainer (GPU sleep mode; nothing on CPU)
+            self.offload.after_generation()
+
+    def _generate_rounds(self, it: int):
         """Rollouts and rewards of iteration ``it``; with dynamic sampling, groups whose rewards are
         all equal are dropped and refilled from extra prompts (at most max_rounds rounds)."""
         from r1mega.algorithms import dynamic_sampling_keep
@@ -344,7 +359,8 @@ class GRPOStage:
                 old, local["routed_experts"] = old
             local["old_logprobs"] = old
         if self.ref is not None:
-            local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
+            with self.offload.reference():  # (in host memory outside its pass with rollout.offload_trainer)
+                local["ref_logprobs"] = self.ref.logprobs(local, temperature=T)
         t_lp = time.time() - t
         threshold = self.cfg.rollout.mismatch_threshold if self.check_rollout_logprobs else None  # (see __init__)
         if not reuse:
@@ -379,11 +395,13 @@ class GRPOStage:
         train_metrics = {**finalize_metrics(sums), "grad_norm": sum(norms) / len(norms), "grad_norm_max": max(norms),
                          "lr": lr, "updates": float(len(norms))}
         t_train = time.time() - t
+        self.offload.before_refit()  # the optimizer state and gradients to host memory (rollout.offload_trainer)
         t = time.time()
         refit = self.rollout.refit(self.policy)
         t_refit = time.time() - t
         if self._refresh_due(it):  # (saved by run(), after the policy's checkpoint of this step)
-            _copy_weights(self.policy, self.ref)
+            with self.offload.reference():
+                _copy_weights(self.policy, self.ref)
         lengths = torch.tensor([len(c.token_ids) for c in ro.completions], dtype=torch.float32)
         comp_means = self._reward_metrics([items[c.prompt_index].task_type for c in ro.completions], r, comps)
         dt = time.time() - t0
@@ -396,7 +414,8 @@ class GRPOStage:
              "rollout_mismatch/checked": float(threshold is not None), **counters,
              "time/rollout": t_roll, "time/reward": t_rew, "time/logprob": t_lp, "time/train": t_train,
              "time/refit": t_refit, "time/step": dt, "tokens_per_s": float(lengths.sum()) / dt,
-             "refit/seconds": getattr(refit, "seconds", 0.0) if refit is not None else 0.0}
+             "refit/seconds": getattr(refit, "seconds", 0.0) if refit is not None else 0.0,
+             **self.offload.take_stats()}
         probe = getattr(self.rollout, "last_probe", None)  # the refit's engine-vs-trainer check (vLLM)
         if probe:
             m.update({"refit/probe_mean_abs": probe["mean_abs"], "refit/probe_max_abs": probe["max_abs"]})
@@ -420,10 +439,12 @@ class GRPOStage:
                                                "response/length_mean", "train/kl/k3", "tokens_per_s"])
                 refresh = self._refresh_due(it)
                 if (interval and (it + 1) % interval == 0) or it + 1 == steps or refresh:
+                    self.offload.reload_all()  # (the optimizer state is in host memory since the refit)
                     self.ckpt.save(self.policy, it + 1, extra=self._extra())
                     if refresh:  # after the policy: a reference save never runs ahead of the policy's checkpoints
                         self.ref_ckpt.save(self.ref, it + 1)
                 elif stop.should_stop():
+                    self.offload.reload_all()
                     self.ckpt.save(self.policy, it + 1, extra=self._extra())
                     return {"stopped_at": it + 1, **last}
         finally:

@@ -64,7 +64,9 @@ def bucketize(items, bucket_bytes: int) -> Iterator[list]:
 def trainer_buckets(trainer_engine, bucket_bytes: int) -> Iterator[list]:
     """The trainer's weights as HF buckets (collective over all trainer ranks: consume it fully)."""
     from r1mega.bridge import export_hf_weights
+    from r1mega.train.offload import require_resident
 
+    require_resident(trainer_engine, "refit", parts=("weights",))  # (rollout.offload_trainer)
     return export_hf_weights(trainer_engine, trainer_engine.model_cfg, trainer_engine.parallel,
                              bucket_bytes=bucket_bytes, include_mtp=False)
 

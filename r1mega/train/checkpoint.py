@@ -158,6 +158,9 @@ class CheckpointManager:
         and ``latest`` are untouched (everything is written before anything is renamed)."""
         from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException
 
+        from .offload import require_resident
+
+        require_resident(engine, f"checkpoint save (step {step})")  # a parked tensor would be read from freed memory
         tmp = self.root / f".tmp_step_{step}"
         final = self.step_dir(step)
         previous = self.latest()

@@ -46,6 +46,7 @@ from r1mega.train.batching import microbatches, pad_batch, take_rows, trim_posit
 from r1mega.train import router_replay as rr
 from r1mega.train.logprobs import vocab_parallel_logprobs
 from r1mega.train.metrics import finalize_metrics, reduce_metric_sums, reduce_metrics
+from r1mega.train.offload import require_resident
 
 LossFn = Callable[[torch.Tensor, dict], tuple]
 
@@ -305,6 +306,7 @@ class TrainEngine:
         from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 
         assert self.optimizer is not None, "train_step on a frozen engine (built with optim=None)"
+        require_resident(self, "train_step")  # (rollout.offload_trainer: parked state is freed memory)
         clear_aux_losses_tracker()  # per-step values; never read here, so keep them from accumulating
         for c in self.chunks:
             c.train()
