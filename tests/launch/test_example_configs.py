@@ -99,8 +99,9 @@ def test_qwen3_30b_a3b_gspo_and_router_replay():
     assert (g.importance_level, g.clip_eps_low, g.clip_eps_high) == ("sequence", 3e-4, 4e-4)
     assert g.updates_per_step == 4 and not g.reuse_old_logprobs
     assert cfg.rollout.router_replay == "r3" and cfg.model.arch == "qwen3_moe" and cfg.model.n_routed_experts == 128
-    assert (p.tensor_parallel, p.pipeline_parallel, p.expert_parallel, p.expert_tensor_parallel) == (4, 1, 8, 1)
-    assert p.sequence_parallel and cfg.rollout.tensor_parallel == 2 and cfg.data.seq_length == 4096
+    assert (p.tensor_parallel, p.pipeline_parallel, p.expert_parallel, p.expert_tensor_parallel) == (1, 2, 4, 1)
+    assert (p.num_layers_in_first_pipeline_stage, p.num_layers_in_last_pipeline_stage, p.recompute) == (25, 23, "full")
+    assert cfg.rollout.tensor_parallel == 2 and cfg.data.seq_length == 4096
 
 
 @pytest.mark.parametrize("name", ["r1.yaml", "r1-fp8.yaml"])
@@ -148,14 +149,43 @@ def test_planner_says_the_dsv2_lite_layout_fits():
 
 
 def test_planner_says_the_qwen3_30b_a3b_layout_fits():
-    """The example's layout without activation recompute (the training engine does none), its vLLM TP, its
-    sequence length and its 4 updates a step fit 80 GB."""
-    r = r1mega("plan", "--preset", "qwen3-30b-a3b", "--gpus", 8, "--gpu-mem", 80, "--seq", 4096, "--minibatches", 4,
-               "--layout", "tp=4,pp=1,ep=8,etp=1,recompute=none", "--rollout-tp", 2, "--json")
+    """The example's layout with full recompute, its vLLM TP, its sequence length, its 4 updates a step and its R3
+    routing fit 80 GB, with the planner's split; it is also the planner's first choice."""
+    args = ("plan", "--preset", "qwen3-30b-a3b", "--gpus", 8, "--gpu-mem", 80, "--seq", 4096, "--minibatches", 4,
+            "--router-replay", "r3")
+    r = r1mega(*args, "--layout", "tp=1,pp=2,ep=4,etp=1,recompute=full", "--rollout-tp", 2, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     ev = json.loads(r.stdout)["evaluation"]
-    assert ev["feasible"] and ev["peak_gib"] < 80 and ev["recompute"] == "none", ev["reasons"]
-    assert (ev["tp"], ev["pp"], ev["ep"], ev["dp"]) == (4, 1, 8, 2) and ev["megatron"]["sequence_parallel"]
+    assert ev["feasible"] and ev["peak_gib"] < 80 and ev["recompute"] == "full", ev["reasons"]
+    assert (ev["tp"], ev["pp"], ev["ep"], ev["dp"], ev["stages_layers"]) == (1, 2, 4, 4, [25, 23])
+    best = json.loads(r1mega(*args, "--json").stdout)["ranked"][0]
+    assert (best["layout"], best["recompute"]) == (ev["layout"], "full")
+
+
+# each example's README states its plan (`r1mega plan ... --layout ...`); its configs train with that recompute
+PLANNED = {"dsv3-671b-32x8h100": ["r1.yaml", "r1-fp8.yaml"], "qwen3-30b-a3b-1x8h100": ["gspo.yaml"],
+           "dsv2-lite-1x8h100": ["r1.yaml"], "distill-1x8h100": ["qwen2.5-math-7b.yaml", "llama-3.1-8b.yaml"]}
+
+
+@pytest.mark.parametrize("example", PLANNED)
+def test_the_readme_plan_is_the_config_recompute(example):
+    from r1mega.config import load_config
+
+    text = (EXAMPLES / example / "README.md").read_text().replace("\\\n", " ").replace("\n", " ")
+    plans = re.findall(r"(r1mega plan [^`]*--layout [^`]+)", text)
+    assert plans, f"{example}/README.md gives no `r1mega plan ... --layout ...` command"
+    for plan in plans:
+        r = r1mega(*plan.split()[1:], "--json")
+        assert r.returncode == 0, plan + r.stdout + r.stderr
+        ev = json.loads(r.stdout)["evaluation"]
+        assert ev["feasible"], (plan, ev["reasons"])
+        cfgs = [load_config(str(EXAMPLES / example / name), validate=False) for name in PLANNED[example]]
+        if "--preset" in plan and len(cfgs) > 1:  # several models: the plan of each names its preset
+            cfgs = [c for c in cfgs if plan.split("--preset ")[1].split()[0] in (c.model.preset or "")] or cfgs
+        for cfg in cfgs:
+            for st in cfg.pipeline.stages:
+                if st.is_training:
+                    assert cfg.for_stage(st).parallel.recompute == ev["recompute"], (example, st.name, plan)
 
 
 @pytest.mark.parametrize("readme", ["dsv2-lite-1x8h100", "dsv3-671b-32x8h100", "qwen3-30b-a3b-1x8h100"])
