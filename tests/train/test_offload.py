@@ -180,3 +180,29 @@ def test_platform_decides_and_says_why(monkeypatch):
                                       "(it generates with the trainer's own model)"]
     s.before_generation(), s.before_refit(), s.reload_all()  # inactive: nothing happens
     assert not e._offload_parked and s.take_stats() == {}
+
+
+def test_offload_at_dp2_with_the_distributed_optimizer(tmp_path):
+    """2 gloo processes: each rank parks its half of Adam's state (the shards add up to every parameter once) and
+    the steps with offload between them equal those without on both ranks."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "dp2.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "R1MEGA_FORCE_TRAINER_OFFLOAD": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
+                           str(Path(__file__).parent / "offload_dp_worker.py"), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = json.loads(out.read_text())
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    for r in ranks:
+        assert r["same_stats"] and r["same_state"], r
+        assert min(r["grad_norms"]) > 0
+        # the weights are whole on each rank (4 bytes a parameter, + the expert-bias buffers), Adam's moments a shard
+        assert r["parts"]["weights"] >= 4 * r["params"] and 0 <= r["parts"]["optimizer"] - 4 * r["adam_elements"] < 1024
+        assert 0 < r["adam_elements"] < 2 * r["params"]  # a shard: not both moments of every parameter
+    assert sum(r["adam_elements"] for r in ranks) == 2 * ranks[0]["params"]  # exp_avg + exp_avg_sq: each parameter once
