@@ -233,10 +233,10 @@ class Offloader:
 
     def offload(self, parts: Iterable[str] = PARTS) -> OffloadStats:
         """Copy ``parts`` (not yet parked) to host memory and free their device storage."""
-        parts = tuple(p for p in PARTS if p in set(parts) and p not in self.engine._offload_parked)
-        for p in parts if parts else ():
-            if p not in PARTS:
-                raise ValueError(f"unknown offload part {p!r}")
+        asked = set(parts)
+        if asked - set(PARTS):
+            raise ValueError(f"unknown offload part(s) {sorted(asked - set(PARTS))} (expected {', '.join(PARTS)})")
+        parts = tuple(p for p in PARTS if p in asked and p not in self.engine._offload_parked)
         stats = OffloadStats(parts)
         if not parts:
             return stats

@@ -148,6 +148,8 @@ def test_refit_and_checkpoint_refuse_parked_state(tmp_path):
 
     e = _engine("tiny-dense")
     o = off.Offloader(e)
+    with pytest.raises(ValueError, match=r"unknown offload part\(s\) \['weight'\]"):
+        o.offload(("weight",))
     o.offload(("grads", "optimizer"))
     next(iter(trainer_buckets(e, 1 << 20)))  # the refit needs the weights only
     with pytest.raises(off.OffloadedStateError, match=r"checkpoint save \(step 1\).*optimizer"):
