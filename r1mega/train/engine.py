@@ -80,7 +80,10 @@ class TrainEngine:
             raise ValueError("router replay needs a MoE model (model.n_routed_experts > 0)")
         chunks = build_model(model, parallel, mtp=self.mtp, **({"moe_enable_routing_replay": True} if router_replay else {}))
         self.config = get_model_config(chunks[0])  # one config object, shared by every chunk
-        self.replay_routers = rr.routers(chunks, model.first_k_dense_replace) if router_replay else []
+        self.router_replay = router_replay
+        # a pipeline stage of dense layers only (DeepSeek's first layers) holds no router: nothing to replay there
+        self.replay_routers = rr.routers(chunks, model.first_k_dense_replace,
+                                         allow_none=parallel.pipeline_parallel > 1) if router_replay else []
         self._recording = False
         if parallel.virtual_pipeline:
             # Interleaved schedule: with PP=2 a rank's previous and next stage are the same peer, and
@@ -193,7 +196,7 @@ class TrainEngine:
         """Arm the routers for this microbatch's forward: replay its ``routed_experts`` (queued for the
         recompute in the backward too when ``in_backward``), or record the routing (:meth:`logprobs` with
         ``record_routing``); None: ordinary routing."""
-        if not self.replay_routers:
+        if not self.router_replay:
             if "routed_experts" in mb:
                 raise ValueError("the batch carries routed_experts but the engine was built without router_replay")
             return None
@@ -419,7 +422,7 @@ class TrainEngine:
         batch = self.same_rows(batch)
         B, S = batch["tokens"].shape
         if record_routing:
-            if not self.replay_routers:
+            if not self.router_replay:
                 raise ValueError("record_routing needs an engine built with router_replay=True")
             if "routed_experts" in batch:
                 raise ValueError("record_routing: the batch already carries routed_experts (they would be replayed)")

@@ -47,9 +47,10 @@ def routing_bytes(tokens: int, model_cfg) -> int:
     return tokens * moe_layer_count(model_cfg) * model_cfg.num_experts_per_tok * item
 
 
-def routers(chunks, first_dense: int) -> list:
+def routers(chunks, first_dense: int, allow_none: bool = False) -> list:
     """``(moe_index, RouterReplay)`` of this rank's MoE decoder layers, by global layer order
-    (``moe_index = layer_number - 1 - first_dense``; a pipeline stage holds a slice of them)."""
+    (``moe_index = layer_number - 1 - first_dense``; a pipeline stage holds a slice of them, and with
+    ``allow_none`` possibly none: a stage of dense layers only)."""
     from megatron.core.transformer.moe.router import TopKRouter
 
     out = []
@@ -57,7 +58,7 @@ def routers(chunks, first_dense: int) -> list:
         for name, m in chunk.named_modules():
             if isinstance(m, TopKRouter) and m.router_replay is not None and ".mtp." not in f".{name}":
                 out.append((m.layer_number - 1 - first_dense, m.router_replay))
-    if not out:
+    if not out and not allow_none:
         raise ValueError("router replay: the model has no MoE router built with moe_enable_routing_replay")
     return sorted(out, key=lambda x: x[0])
 
