@@ -242,6 +242,34 @@ def _engine_accuracy(args, stage, steps: int = 12) -> dict:
     return {"steps": steps, **{k: sum(v) / len(v) for k, v in acc.items()}}
 
 
+def _masked_tokens(args, stage, steps: int = 6, threshold: float = 0.5) -> dict:
+    """Which tokens the token mask would drop under the drift (no replay), at the base weights, over the first
+    ``steps`` iterations' prompts: the dropped fraction by response position and the most dropped tokens."""
+    import collections
+
+    spans = ((0, 6), (6, 8), (8, 10), (10, 10 ** 6))
+    dropped, total, toks, seen = [0] * 4, [0] * 4, collections.Counter(), collections.Counter()
+    for it in range(steps):
+        items = stage.prompts.batch(it, stage.P, offset=0)
+        with drifted(stage.policy, args.bias_noise, not args.no_bf16, seed=args.seed * 100003 + it):
+            ro = stage.rollout.generate([b.ids for b in items], stage.sampling, n=stage.G, step=it)
+        batch = ro.to_batch(pad_id=0)
+        batch.pop("routed_experts", None)
+        d = stage.policy.logprobs(batch, temperature=1.0) - batch["rollout_logprobs"]
+        for i, c in enumerate(ro.completions):
+            for t, (tid, x) in enumerate(zip(c.token_ids, d[i][batch["loss_mask"][i].bool()].tolist())):
+                k = next(j for j, (a, b) in enumerate(spans) if a <= t < b)
+                word = stage.tok.decode([tid]).strip() or repr(stage.tok.decode([tid]))
+                total[k] += 1
+                seen[word] += 1
+                if abs(x) > threshold:
+                    dropped[k] += 1
+                    toks[word] += 1
+    return {"steps": steps, "threshold": threshold,
+            "by_position": {f"{a}-{min(b, 99) - 1}": dropped[k] / max(1, total[k]) for k, (a, b) in enumerate(spans)},
+            "most_dropped": [[w, n, seen[w]] for w, n in toks.most_common(10)]}
+
+
 def calibrate(args) -> None:
     """On the step-0 prompts: the drift's routing flips and mismatch without and with replay, and those of bf16
     alone (rounded weights; bf16 compute); the sample accuracy of the drifted and the clean engine; the base
@@ -285,11 +313,13 @@ def calibrate(args) -> None:
         sample_acc = _engine_accuracy(args, stage)
         print(json.dumps(sample_acc), flush=True)
         base = _heldout(ecfg, stage)  # the starting point: the base model, evaluated as the arms are
+        masked = _masked_tokens(args, stage)  # (after the evaluation, which samples at the engine's call count)
+        print(json.dumps(masked), flush=True)
     finally:
         stage.rewards.close()
         stage.rollout.shutdown()
         destroy()
-    result = {"drift": rows, "sample_accuracy": sample_acc, "base_heldout": base}
+    result = {"drift": rows, "sample_accuracy": sample_acc, "base_heldout": base, "masked_tokens": masked}
     (out / f"calibration-s{args.seed}.json").write_text(json.dumps(result, indent=1))
 
 
@@ -418,6 +448,12 @@ def main(argv=None) -> int:
         if a:
             text += (f"\nbase model's sample accuracy on the first {a['steps']} steps' prompts: clean engine "
                      f"{100 * a['clean']:.1f}%, drifted engine {100 * a['drift']:.1f}%")
+        m = c.get("masked_tokens")
+        if m:
+            pos = ", ".join(f"{k}: {100 * v:.1f}%" for k, v in m["by_position"].items())
+            top = ", ".join(f"{w!r} {n}/{t}" for w, n, t in m["most_dropped"])
+            text += (f"\ntokens over {m['threshold']} nats under the drift (no replay), first {m['steps']} steps' "
+                     f"prompts at the base weights, by response position: {pos}; most dropped (dropped/seen): {top}")
         for r in c["drift"]:
             text += (f"\n{r['drift']}: routing flipped {100 * r['routing_flipped']:.1f}% of (token, MoE layer) slots; "
                      f"|dlogp| without replay mean {r['none_mean']:.2e} max {r['none_max']:.2f}, with R3 mean "
