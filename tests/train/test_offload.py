@@ -192,6 +192,7 @@ def test_platform_decides_and_says_why(monkeypatch):
     assert not e._offload_parked and s.take_stats() == {}
 
 
+@pytest.mark.slow  # (17-47 s on the 2 shared cores: two torchrun processes, six engines)
 def test_offload_at_dp2_with_the_distributed_optimizer(tmp_path):
     """2 gloo processes: each rank parks its half of Adam's state (the shards add up to every parameter once) and
     the steps with offload between them equal those without on both ranks."""
