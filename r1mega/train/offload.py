@@ -221,6 +221,8 @@ class Offloader:
         self.engine, self.name = engine, name
         self.parked: list[_Parked] = []
         self._hooks: list = []
+        # host buffers, kept from one offload to the next (allocating pinned memory costs time on every step)
+        self._host: dict = {}
         engine._offload_parked = set()
 
     @property
@@ -245,7 +247,9 @@ class Offloader:
         nb = non_blocking()
         for it in items:
             if it.part != "grads":
-                it.host = host_buffer(it.nbytes)
+                it.host = self._host.get((it.name, it.nbytes))
+                if it.host is None:
+                    it.host = self._host[(it.name, it.nbytes)] = host_buffer(it.nbytes)
                 it.host.copy_(_flat(it.ref), non_blocking=nb)
                 stats.bytes_copied += it.nbytes
         synchronize()  # the host copies are complete before the device storage goes

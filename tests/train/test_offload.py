@@ -48,6 +48,7 @@ def test_offload_frees_everything_and_reload_restores_every_byte(preset, dist_op
     assert sum(live.values()) >= 4 * 4 * n  # fp32 weights + grads + Adam's two moments
     o = off.Offloader(e)
     st = o.offload()
+    hosts = {k: h.data_ptr() for k, h in o._host.items()}
     # every tensor of the offload lists is empty; the independent walk finds nothing of 4 KiB or more, and only
     # Megatron's scalars (overflow flag, loss scale) and the rotary inv_freq attributes below that
     assert all(t.untyped_storage().nbytes() == 0 for p in off.PARTS for _, t in off.targets(e, p))
@@ -69,6 +70,8 @@ def test_offload_frees_everything_and_reload_restores_every_byte(preset, dist_op
         else:
             assert torch.equal(after[key], t), key
     e.logprobs(_batch(2))  # usable again
+    o.offload(), o.reload()
+    assert {k: h.data_ptr() for k, h in o._host.items()} == hosts  # the host buffers are reused
 
 
 @pytest.mark.parametrize("preset", MODELS)
