@@ -254,11 +254,16 @@ class HostClient:
                                      stdout=self.log, stderr=subprocess.STDOUT, env=child_env(), cwd=str(HERE.parents[1]))
         self.timeout = timeout
         deadline = time.time() + 120
-        while not os.path.exists(address):
+        while True:  # the socket file appears at bind(), a moment before listen(): refused until then
+            if os.path.exists(address):
+                try:
+                    self.conn = Client(address, authkey=b"r1mega-tests")
+                    break
+                except ConnectionRefusedError:
+                    pass
             if self.proc.poll() is not None or time.time() > deadline:
                 raise HostError(f"engine host did not start:\n{self.tail()}")
             time.sleep(0.05)
-        self.conn = Client(address, authkey=b"r1mega-tests")
 
     def tail(self, n: int = 6000) -> str:
         self.log.flush()
