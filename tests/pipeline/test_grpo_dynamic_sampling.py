@@ -52,7 +52,7 @@ def _stage(tmp_path, dp: int, minibatch: int):
 
 def test_grpo_stage_trims_a_short_batch_and_reports_all_sampled_groups(tmp_path):
     st = _stage(tmp_path, dp=2, minibatch=4)  # 2 ranks, 2 minibatches of 4 rollouts: unit 2 groups
-    items, ro, rewards, comps, counters, _, _ = st._generate_scored(0)
+    items, ro, rewards, comps, counters, _, _ = st._generate_rounds(0)  # the sampling loop (no trainer to offload)
     assert [i.text for i in items] == ["0-0", "0-2"]  # 3 informative groups, the first 2 kept
     assert [c.prompt_index for c in ro.completions] == [0, 0, 1, 1] and rewards == [1.0, 0.0, 1.0, 0.0]
     assert len(comps) == 4
@@ -70,6 +70,6 @@ def test_grpo_stage_trims_a_short_batch_and_reports_all_sampled_groups(tmp_path)
 
 def test_grpo_stage_keeps_a_short_batch_that_splits(tmp_path):
     st = _stage(tmp_path, dp=1, minibatch=8)  # one rank, one update: nothing to trim
-    items, ro, rewards, _, counters, _, _ = st._generate_scored(0)
+    items, ro, rewards, _, counters, _, _ = st._generate_rounds(0)  # the sampling loop (no trainer to offload)
     assert [i.text for i in items] == ["0-0", "0-2", "1-1"] and len(rewards) == 6
     assert counters["dynamic_sampling/groups_trimmed"] == 0 and counters["dynamic_sampling/groups_kept"] == 3
