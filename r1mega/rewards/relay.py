@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import time
 from typing import Optional
 
 from r1mega.rewards.harness import JUDGE_SOURCE, SERVER_SOURCE
-from r1mega.rewards.sandbox import start_python, stop_python
+from r1mega.rewards.sandbox import ready, start_python, stop_python
 
 GRACE_S = 1.0   # beyond test_timeout_s before a silent candidate is killed (its own alarm fires first)
 
@@ -36,7 +35,7 @@ class _Lines:
                 if text.startswith(self.prefix):
                     return text[len(self.prefix):]
             left = deadline - time.monotonic()
-            if self.eof or self.over or left <= 0 or not select.select([self.fd], [], [], left)[0]:
+            if self.eof or self.over or left <= 0 or not ready([self.fd], [], left)[0]:
                 return None
             chunk = os.read(self.fd, 65536)
             self.eof = not chunk
@@ -52,7 +51,7 @@ def _send(proc, text: str, deadline: float) -> bool:
     try:
         while data:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([], [fd], [], left)[1]:
+            if left <= 0 or not ready([], [fd], left)[1]:
                 return False
             data = data[os.write(fd, data[:65536]):]
     except OSError:

@@ -196,8 +196,7 @@ def run_python(inner_args: list[str], stdin: bytes, *, python: str, backend: str
             if left <= 0:
                 status = "timeout"
                 break
-            wlist = [fd_in] if fd_in >= 0 else []
-            r, w, _ = select.select([fd_out], wlist, [], left)
+            r, w = ready([fd_out], [fd_in] if fd_in >= 0 else [], left)
             if w:
                 try:
                     n = os.write(fd_in, pending[:65536])
@@ -220,6 +219,23 @@ def run_python(inner_args: list[str], stdin: bytes, *, python: str, backend: str
         if not stop_python(proc) and status == "ok":
             status = "timeout"
     return SandboxResult(status, proc.returncode, bytes(out), time.monotonic() - t0, backend)
+
+
+def ready(read: list[int], write: list[int], timeout: float) -> tuple[list[int], list[int]]:
+    """The fds of ``read`` / ``write`` ready within ``timeout`` seconds. poll(), not select(): select() refuses
+    fd numbers >= 1024, which a long-lived process holding many files (a trainer, a test session) reaches."""
+    p = select.poll()
+    for fd in read:
+        p.register(fd, select.POLLIN | select.POLLPRI)
+    for fd in write:
+        p.register(fd, select.POLLOUT | (select.POLLIN | select.POLLPRI if fd in read else 0))
+    r, w = [], []
+    for fd, ev in p.poll(max(0.0, timeout) * 1000):
+        if fd in read and ev & (select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR):
+            r.append(fd)
+        if fd in write and ev & (select.POLLOUT | select.POLLHUP | select.POLLERR):
+            w.append(fd)
+    return r, w
 
 
 def start_python(inner_args: list[str], *, python: str, backend: str, uid: int) -> subprocess.Popen:

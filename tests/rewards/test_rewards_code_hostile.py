@@ -6,6 +6,7 @@ forged_verdicts, expected_from_memory, expected_from_frame, helper_override and 
 """
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -210,3 +211,26 @@ def test_candidate_exceptions_reach_the_tests_by_name(bwrap_ok):
     assert _run(good, spec) == 1.0
     assert _run("def f(x):\n    raise TypeError(x)\n", spec) == 0.0
     assert _run("import os\ndef f(x):\n    os._exit(0)\n", spec) == 0.0   # no reply: not catchable as ValueError
+
+
+def test_scores_from_a_process_holding_over_1024_files(bwrap_ok):
+    """A trainer (or a long test session) holds many files: the sandboxes' pipes then get fd numbers >= 1024,
+    which select() refuses ('filedescriptor out of range'); the relay and the runner wait with poll()."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    base = os.open(os.devnull, os.O_RDONLY)
+    held = [os.dup(base) for _ in range(1100)]
+    try:
+        assert max(held) >= 1024
+        assert _run(HONEST, MBPP) == 1.0                  # assert tests: judge + candidate through the relay
+        io = "a, b = map(int, input().split())\nprint(a + b)\n"
+        assert run_code_tests(io, IO, CFG)["reward"] == 1.0     # stdin/stdout tests: one sandbox, run_python
+    finally:
+        for fd in held + [base]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
