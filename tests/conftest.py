@@ -23,3 +23,15 @@ def megatron_world():
     if not ps.model_parallel_is_initialized() or ps.get_tensor_model_parallel_world_size() != 1:
         init_model_parallel(ParallelConfig(), seed=1234)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: tiny matmuls run faster on one, and are immune to OpenMP
+    spin-waits on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -25,6 +25,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "data"))
 from student_tokenizer import STUDENT_SYSTEM, student_tokenizer_dir  # noqa: E402
+from hf_parity import hf_logprobs, megatron_logprobs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 R1MEGA = [sys.executable, "-m", "r1mega.cli"]
@@ -61,30 +62,6 @@ def _hf_qwen2(out: Path, tok_dir: Path) -> Path:
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
-
-
-def _logprobs(model, seqs):
-    with torch.no_grad():
-        out = []
-        for s in seqs:
-            lp = model(torch.tensor([s])).logits[0].float().log_softmax(-1)
-            out.append(torch.stack([lp[t, s[t + 1]] for t in range(len(s) - 1)]))
-    return out
-
-
-def _megatron_logprobs(root: Path, seqs):
-    from r1mega.config.model import ModelConfig
-    from r1mega.config.parallel import ParallelConfig
-    from r1mega.train.batching import lm_batch
-    from r1mega.train.checkpoint import CheckpointManager
-    from r1mega.train.engine import TrainEngine
-
-    mgr = CheckpointManager(root)
-    meta = mgr.read_meta(mgr.latest())
-    engine = TrainEngine(ModelConfig(**meta["model"]), ParallelConfig(), None, mtp=False)
-    mgr.load(engine, mgr.latest(), load_optimizer=False)
-    lp = engine.logprobs(lm_batch(seqs))
-    return [lp[i, :len(s) - 1] for i, s in enumerate(seqs)]
 
 
 def test_tiny_deepseek_teacher_to_qwen2_student(tmp_path):
@@ -171,8 +148,8 @@ pipeline:
     hf_cfg = json.loads((export / "config.json").read_text())
     assert hf_cfg["architectures"] == ["Qwen2ForCausalLM"] and hf_cfg["tie_word_embeddings"] is True
     seqs = list(by_text.values())[:3]
-    trained = _logprobs(AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval(), seqs)
-    base = _logprobs(AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval(), seqs)
+    trained = hf_logprobs(AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval(), seqs)
+    base = hf_logprobs(AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval(), seqs)
     assert max(float((a - b).abs().max()) for a, b in zip(trained, base)) > 0.1  # training moved it
-    megatron = _megatron_logprobs(run / "distill" / "checkpoints", seqs)
+    megatron = megatron_logprobs(run / "distill" / "checkpoints", seqs)
     assert max(float((a - b).abs().max()) for a, b in zip(trained, megatron)) < 1e-4

@@ -19,6 +19,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "data"))
 from chat_fixtures import chatml_dir  # noqa: E402
+from hf_parity import hf_logprobs, megatron_logprobs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 R1MEGA = [sys.executable, "-m", "r1mega.cli"]
@@ -52,31 +53,6 @@ def _hf_llama(out: Path, tok_dir: Path, tied: bool) -> Path:
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
-
-
-def _logprobs(model, seqs):
-    with torch.no_grad():
-        out = []
-        for s in seqs:
-            lp = model(torch.tensor([s])).logits[0].float().log_softmax(-1)
-            out.append(torch.stack([lp[t, s[t + 1]] for t in range(len(s) - 1)]))
-    return out
-
-
-def _megatron_logprobs(root: Path, seqs):
-    """The trained checkpoint's log-probs through r1mega's own Megatron engine (model config from its meta)."""
-    from r1mega.config.model import ModelConfig
-    from r1mega.config.parallel import ParallelConfig
-    from r1mega.train.batching import lm_batch
-    from r1mega.train.checkpoint import CheckpointManager
-    from r1mega.train.engine import TrainEngine
-
-    mgr = CheckpointManager(root)
-    meta = mgr.read_meta(mgr.latest())
-    engine = TrainEngine(ModelConfig(**meta["model"]), ParallelConfig(), None, mtp=False)
-    mgr.load(engine, mgr.latest(), load_optimizer=False)
-    lp = engine.logprobs(lm_batch(seqs))
-    return [lp[i, :len(s) - 1] for i, s in enumerate(seqs)]
 
 
 def _write_prompts(path: Path, pairs) -> Path:
@@ -131,13 +107,13 @@ pipeline:
     assert tok.chat_template == AutoTokenizer.from_pretrained(str(hf)).chat_template
     seqs = [tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True,
                                     tokenize=True, return_dict=False) + tok.encode("7", add_special_tokens=False)]
-    trained = _logprobs(AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval(), seqs)
-    base = _logprobs(AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval(), seqs)
+    trained = hf_logprobs(AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval(), seqs)
+    base = hf_logprobs(AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval(), seqs)
     # GRPO changed the weights (a random model rarely earns a reward, so every group may have zero advantage:
     # the decoupled weight decay, 1e-3 of each weight per step, still moves them far beyond the parity tolerance),
     # and transformers on the export equals the trained Megatron checkpoint
     assert max(float((a - b).abs().max()) for a, b in zip(trained, base)) > 1e-4
-    megatron = _megatron_logprobs(run / "rl" / "checkpoints", seqs)
+    megatron = megatron_logprobs(run / "rl" / "checkpoints", seqs)
     assert max(float((a - b).abs().max()) for a, b in zip(trained, megatron)) < 1e-4
     from safetensors.torch import load_file
 

@@ -12,15 +12,6 @@ from r1mega.rollout import Sampling, check_rollouts, make_engine
 from rollout_support import max_abs_diff, randomize
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    # tiny matmuls: one thread is faster and immune to OpenMP spin-waits on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny-dense"])
 def setup(request, one_thread):
     from r1mega.data.tokenizer import load_tokenizer

@@ -24,14 +24,6 @@ from rollout_support import randomize  # noqa: E402
 LENGTHS = (20, 17, 24, 11)  # ragged: padding inside microbatches (the MoE padding mask matters)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch():
     g = torch.Generator().manual_seed(5)
     b = lm_batch([torch.randint(1, 512, (n,), generator=g).tolist() for n in LENGTHS], loss_from=[6, 5, 9, 4])

@@ -22,14 +22,6 @@ from rollout_support import randomize  # noqa: E402
 LENGTHS = [9, 23, 14, 30, 11, 17]
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch():
     g = torch.Generator().manual_seed(0)
     return lm_batch([torch.randint(1, 512, (n,), generator=g).tolist() for n in LENGTHS], loss_from=[4] * len(LENGTHS))
