@@ -1,10 +1,28 @@
-"""Log-probs of token sequences from a transformers model and from an r1mega Megatron checkpoint: the parity
-check of the end-to-end tests that export a trained model back to Hugging Face."""
+"""Helpers of the end-to-end tests that train a Hugging Face model and export it back: running the ``r1mega``
+CLI, and the log-probs of token sequences from a transformers model and from an r1mega Megatron checkpoint."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
+
+R1MEGA = [sys.executable, "-m", "r1mega.cli"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_r1mega(args, cwd, timeout=600, threads: int = 1) -> str:
+    """``r1mega ARGS`` in a child with this checkout first on the path and none of this process's
+    torch.distributed variables; its output, or an assertion with the tails of stdout and stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                              "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    p = subprocess.run(R1MEGA + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, f"r1mega {' '.join(map(str, args))} failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+    return p.stdout + p.stderr
 
 
 def hf_logprobs(model, seqs):

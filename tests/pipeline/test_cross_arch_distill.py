@@ -14,8 +14,6 @@ fail the format filter, so the rows that reach the student are the stage's worke
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,20 +23,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "data"))
 from student_tokenizer import STUDENT_SYSTEM, student_tokenizer_dir  # noqa: E402
-from hf_parity import hf_logprobs, megatron_logprobs  # noqa: E402
+from hf_parity import hf_logprobs, megatron_logprobs, run_r1mega  # noqa: E402
 
 pytestmark = pytest.mark.slow
-R1MEGA = [sys.executable, "-m", "r1mega.cli"]
-
-
-def _run(args, cwd, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
-                                                              "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="2", PYTHONPATH=str(HERE.parents[1]), TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run(R1MEGA + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    assert p.returncode == 0, f"r1mega {' '.join(map(str, args))} failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
-    return p.stdout + p.stderr
 
 
 def _hf_qwen2(out: Path, tok_dir: Path) -> Path:
@@ -69,7 +56,7 @@ def test_tiny_deepseek_teacher_to_qwen2_student(tmp_path):
 
     hf = _hf_qwen2(tmp_path / "qwen2", student_tokenizer_dir(tmp_path / "student_tok"))
     student = tmp_path / "student_ckpt"
-    _run(["convert", "hf-to-megatron", "--hf", hf, "--out", student], tmp_path)
+    run_r1mega(["convert", "hf-to-megatron", "--hf", hf, "--out", student], tmp_path, threads=2)
     stok = student / "tokenizer"
     student_model = f"{{hf_config: {hf}}}"
     (tmp_path / "run.yaml").write_text(f"""
@@ -97,7 +84,7 @@ pipeline:
        overrides: {{model: {student_model}, data: {{tokenizer_path: {stok}, template: hf_chat}},
                    eval: {{benchmarks: [arith], difficulties: [1], n_problems: 8, k: 1, max_new_tokens: 16}}}}}}
 """)
-    _run(["run", "run.yaml"], tmp_path, timeout=900)
+    run_r1mega(["run", "run.yaml"], tmp_path, timeout=900, threads=2)
     run = tmp_path / "run"
 
     # the samples are text: the question as the task had it and the full answer, no teacher template or ids
@@ -143,8 +130,8 @@ pipeline:
 
     # the export in transformers equals the trained Megatron checkpoint
     export = tmp_path / "export"
-    _run(["convert", "megatron-to-hf", "--ckpt", run / "distill" / "checkpoints", "--out", export,
-          "--tokenizer", stok], tmp_path)
+    run_r1mega(["convert", "megatron-to-hf", "--ckpt", run / "distill" / "checkpoints", "--out", export,
+                "--tokenizer", stok], tmp_path, threads=2)
     hf_cfg = json.loads((export / "config.json").read_text())
     assert hf_cfg["architectures"] == ["Qwen2ForCausalLM"] and hf_cfg["tie_word_embeddings"] is True
     seqs = list(by_text.values())[:3]

@@ -8,8 +8,6 @@ Each step is the CLI a user runs, in its own process (vLLM starts once per proce
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,20 +17,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "data"))
 from chat_fixtures import chatml_dir  # noqa: E402
-from hf_parity import hf_logprobs, megatron_logprobs  # noqa: E402
+from hf_parity import hf_logprobs, megatron_logprobs, run_r1mega  # noqa: E402
 
 pytestmark = pytest.mark.slow
-R1MEGA = [sys.executable, "-m", "r1mega.cli"]
-
-
-def _run(args, cwd, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
-                                                              "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]), TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run(R1MEGA + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    assert p.returncode == 0, f"r1mega {' '.join(map(str, args))} failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
-    return p.stdout + p.stderr
 
 
 def _hf_llama(out: Path, tok_dir: Path, tied: bool) -> Path:
@@ -67,7 +54,7 @@ def test_hf_llama_convert_grpo_eval_export(tmp_path, tied):
 
     hf = _hf_llama(tmp_path / "hf", chatml_dir(tmp_path), tied=tied)
     ckpt = tmp_path / "ckpt"
-    _run(["convert", "hf-to-megatron", "--hf", hf, "--out", ckpt], tmp_path)
+    run_r1mega(["convert", "hf-to-megatron", "--hf", hf, "--out", ckpt], tmp_path)
     assert (ckpt / "tokenizer" / "tokenizer_config.json").exists()
     _write_prompts(tmp_path / "train.jsonl", [(a, b) for a in range(1, 9) for b in range(1, 5)])
     _write_prompts(tmp_path / "heldout.jsonl", [(a, 10) for a in range(1, 5)])
@@ -86,7 +73,7 @@ pipeline:
     - {{name: rl, kind: grpo, init_from: {ckpt}, steps: 2}}
     - {{name: ev, kind: eval, init_from: rl}}
 """)
-    out = _run(["run", "run.yaml"], tmp_path, timeout=900)
+    out = run_r1mega(["run", "run.yaml"], tmp_path, timeout=900)
     # every engine start (GRPO's and eval's) checked against the trainer, and every GRPO refit too
     assert out.count("vLLM probe after refit 1 (the start-up load): engine vs trainer log-probs agree") == 2, out
     run = tmp_path / "run"
@@ -99,7 +86,7 @@ pipeline:
     assert set(result["summary"]) == {"file:heldout"}  # the user's eval file only (no built-in benchmarks)
     assert result["summary"]["file:heldout"]["n"] == 4
     export = tmp_path / "export"
-    _run(["convert", "megatron-to-hf", "--ckpt", run / "rl" / "checkpoints", "--out", export,
+    run_r1mega(["convert", "megatron-to-hf", "--ckpt", run / "rl" / "checkpoints", "--out", export,
           "--tokenizer", ckpt / "tokenizer"], tmp_path)
     cfg = json.loads((export / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is tied and cfg["architectures"] == ["LlamaForCausalLM"]
