@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from .cli import main
 from .inputs import GIB, HARDWARE, Hardware, Layout, LayoutSpec, PlanInputs, candidate_splits, split_layers
-from .memory import (GenMemory, StageMemory, bytes_per_param, gen_memory, kv_bytes_per_token_layer, layer_share,
-                     mla_latent_down_params, padded_vocab, stage_memories)
+from .generation import GenMemory, gen_memory, kv_bytes_per_token_layer
+from .memory import StageMemory, bytes_per_param, layer_share, mla_latent_down_params, padded_vocab, stage_memories
 from .search import Evaluation, SearchResult, evaluate, layout_errors, search, search_space
 from .throughput import StepTime, step_time
 

@@ -16,8 +16,9 @@ from typing import Optional, Union
 from r1mega.config.base import ConfigError
 
 from .inputs import GIB, RECOMPUTE_MODES, Layout, LayoutSpec, PlanInputs, candidate_splits, split_layers
-from .memory import (GenMemory, StageMemory, auto_rollout_tp, gen_memory, has_dense_layers, overflow_reasons,
-                     RoutingCost, rollout_tp_error, routing_cost, stage_memories)
+from .generation import GenMemory, auto_rollout_tp, gen_memory, rollout_tp_error
+from .memory import StageMemory, has_dense_layers, overflow_reasons, stage_memories
+from .routing import RoutingCost, routing_cost
 from .throughput import StepTime, step_time
 
 

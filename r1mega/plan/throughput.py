@@ -13,7 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from .inputs import Layout, PlanInputs
-from .memory import ACT_BYTES, GenMemory, StageMemory, bytes_per_param, counts, routed_tokens
+from .generation import GenMemory
+from .memory import ACT_BYTES, StageMemory, bytes_per_param, counts, routed_tokens
 
 # FLOPs per activated parameter per token of one training pass: forward 2 + backward 4, plus one
 # more forward (2) under full recompute; selective recompute re-runs norms, MLA up-projections

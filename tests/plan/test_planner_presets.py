@@ -13,7 +13,9 @@ import pytest
 from r1mega.config.base import ConfigError
 from r1mega.model.presets import get_preset
 from r1mega.plan import GIB, Layout, PlanInputs, evaluate, gen_memory, kv_bytes_per_token_layer, main, stage_memories
-from r1mega.plan.memory import layer_activation, routing_cost, rollout_tp_error
+from r1mega.plan.generation import rollout_tp_error
+from r1mega.plan.memory import layer_activation
+from r1mega.plan.routing import routing_cost
 from r1mega.plan.throughput import generation_seconds
 
 

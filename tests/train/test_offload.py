@@ -107,7 +107,8 @@ def test_bytes_copied_are_the_planners_trainer_offload_bytes(preset, dtype):
     moments, fp32 grads) is what is parked, up to the registered module buffers and Adam's step counters the planner
     leaves out (a few hundred bytes)."""
     from r1mega.plan.inputs import Layout, PlanInputs
-    from r1mega.plan.memory import gen_memory, stage_memories
+    from r1mega.plan.generation import gen_memory
+    from r1mega.plan.memory import stage_memories
 
     torch.manual_seed(0)
     e = TrainEngine(get_preset(preset, num_layers=2, params_dtype=dtype), ParallelConfig(),
