@@ -24,6 +24,16 @@ _LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "h
 # published checkpoint imports.
 _DENSE = dict(arch="dense", n_routed_experts=0, num_nextn_predict_layers=0, params_dtype="bfloat16")
 
+# What the Qwen3 MoE models share (128 experts, softmax top-8 renormalised, no shared expert, every layer MoE,
+# GQA with 4 KV heads of 128 and q/k norms, their vocabulary, rope and context).
+_QWEN3_MOE = dict(
+    arch="qwen3_moe", vocab_size=151936, num_key_value_heads=4, head_dim=128, qk_norm=True,
+    max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None,
+    first_k_dense_replace=0, n_routed_experts=128, n_shared_experts=0, num_experts_per_tok=8,
+    scoring_func="softmax", norm_topk_prob=True, routed_scaling_factor=1.0, n_group=1, topk_group=1,
+    expert_bias=False, seq_aux_loss_coeff=1e-3, aux_loss_type="aux_loss", num_nextn_predict_layers=0,
+    params_dtype="bfloat16")
+
 PRESETS: dict[str, dict] = {
     # DeepSeek-V3 / R1: 671B total, ~37B activated.
     "deepseek-v3": dict(
@@ -49,22 +59,12 @@ PRESETS: dict[str, dict] = {
     # Qwen3-30B-A3B: 30.5B total, 3.3B activated (GQA 32/4 with q/k norms, head_dim 128; 128 experts, softmax
     # top-8 renormalised, no shared expert, every layer MoE).
     "qwen3-30b-a3b": dict(
-        arch="qwen3_moe", vocab_size=151936, hidden_size=2048, num_layers=48, intermediate_size=6144,
-        num_attention_heads=32, num_key_value_heads=4, head_dim=128, qk_norm=True, max_position_embeddings=40960,
-        rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None,
-        first_k_dense_replace=0, n_routed_experts=128, n_shared_experts=0, moe_intermediate_size=768,
-        num_experts_per_tok=8, scoring_func="softmax", norm_topk_prob=True, routed_scaling_factor=1.0,
-        n_group=1, topk_group=1, expert_bias=False, seq_aux_loss_coeff=1e-3, aux_loss_type="aux_loss",
-        num_nextn_predict_layers=0, params_dtype="bfloat16"),
+        _QWEN3_MOE, hidden_size=2048, num_layers=48, intermediate_size=6144, num_attention_heads=32,
+        moe_intermediate_size=768),
     # Qwen3-235B-A22B: 235B total, 22B activated (GQA 64/4, the 30B-A3B's routing).
     "qwen3-235b-a22b": dict(
-        arch="qwen3_moe", vocab_size=151936, hidden_size=4096, num_layers=94, intermediate_size=12288,
-        num_attention_heads=64, num_key_value_heads=4, head_dim=128, qk_norm=True, max_position_embeddings=40960,
-        rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None,
-        first_k_dense_replace=0, n_routed_experts=128, n_shared_experts=0, moe_intermediate_size=1536,
-        num_experts_per_tok=8, scoring_func="softmax", norm_topk_prob=True, routed_scaling_factor=1.0,
-        n_group=1, topk_group=1, expert_bias=False, seq_aux_loss_coeff=1e-3, aux_loss_type="aux_loss",
-        num_nextn_predict_layers=0, params_dtype="bfloat16"),
+        _QWEN3_MOE, hidden_size=4096, num_layers=94, intermediate_size=12288, num_attention_heads=64,
+        moe_intermediate_size=1536),
     # Dense models (GQA + SwiGLU, every layer dense), the R1 paper's distillation students and their bases;
     # each equals what its published config.json imports to (r1mega.bridge.from_hf_config).
     # Qwen2.5: biases on q/k/v (exports as Qwen2ForCausalLM); the 1.5B ties its embeddings.
